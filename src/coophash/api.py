@@ -1,0 +1,135 @@
+"""The friendly front: ``Hasher(method=..., bits=...).fit(dataset).encode(images)`` (scikit-learn style).
+
+Hyperparameters go to ``__init__`` only; what ``fit`` learns ends in ``_``.  ``encode`` returns packed
+uint8 codes (LSB-first, the FAISS layout).  ``load_run`` rebuilds a trained method from a run folder.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from coophash.codes import binarize, pack_bits
+from coophash.config import TrainConfig
+from coophash.data import HashDataset, Manifest, make_protocol
+from coophash.methods import DataInfo, Method, create_method
+from coophash.train import runs
+from coophash.train.checkpoint import load_checkpoint, read_checkpoint_state
+from coophash.train.trainer import Trainer
+
+__all__ = ["Hasher", "load_run"]
+
+
+def load_run(
+    run: Union[str, Path], which: str = "best", device: str = "cpu", root: Union[str, Path] = "runs"
+) -> tuple[TrainConfig, Method]:
+    """Rebuild the method of a run (folder, checkpoint file, or number/name under ``root``) with its weights."""
+    path = Path(run)
+    if path.is_file():
+        ckpt, run_dir = path, path.parent
+    else:
+        run_dir = path if path.is_dir() else runs.find_run(root, str(run))
+        ckpt = run_dir / (runs.BEST if which == "best" else runs.LAST)
+        if not ckpt.exists():
+            ckpt = run_dir / runs.LAST
+    if not ckpt.exists():
+        raise FileNotFoundError(f"{run_dir}: no checkpoint ({runs.BEST} or {runs.LAST})")
+    cfg = TrainConfig.from_dict(runs.read_config(run_dir / runs.CONFIG), str(run_dir / runs.CONFIG))
+    cfg = cfg.replace(device=device)
+    state = read_checkpoint_state(ckpt)
+    if "data_info" not in state:
+        raise ValueError(f"{ckpt}: checkpoint lacks data_info; was it written by coophash train?")
+    info = DataInfo(**state["data_info"])
+    dev = torch.device(device)
+    method = create_method(cfg, info, dev)
+    load_checkpoint(ckpt, modules=method.modules(), restore_rng=False, map_location=dev)
+    method.train(False)
+    return cfg, method
+
+
+class Hasher:
+    """Train a hashing method and encode images to packed binary codes."""
+
+    def __init__(
+        self,
+        method: str = "supervised",
+        bits: int = 32,
+        loss: str = "dpsh",
+        backbone: str = "smallconv",
+        epochs: int = 15,
+        label_fraction: float = 1.0,
+        seed: int = 0,
+        device: str = "cpu",
+        run_dir: Optional[Union[str, Path]] = None,
+        **config: Any,
+    ) -> None:
+        self.method = method
+        self.bits = bits
+        self.loss = loss
+        self.backbone = backbone
+        self.epochs = epochs
+        self.label_fraction = label_fraction
+        self.seed = seed
+        self.device = device
+        self.run_dir = run_dir
+        self.config = config
+
+    def _config(self, dataset_name: str) -> TrainConfig:
+        return TrainConfig.from_dict(
+            dict(
+                method=self.method,
+                bits=self.bits,
+                loss=self.loss,
+                backbone=self.backbone,
+                epochs=self.epochs,
+                label_fraction=self.label_fraction,
+                seed=self.seed,
+                device=self.device,
+                dataset=dataset_name,
+                **self.config,
+            ),
+            "Hasher",
+        )
+
+    def fit(self, dataset: HashDataset, manifest: Optional[Manifest] = None) -> "Hasher":
+        """Train on ``dataset`` under ``manifest`` (default: the standard protocol with this seed)."""
+        cfg = self._config(getattr(dataset, "name", "custom"))
+        if manifest is None:
+            manifest = make_protocol(dataset, cfg.protocol, seed=cfg.seed, label_fraction=cfg.label_fraction,
+                                     **cfg.protocol_args)
+        run_dir = Path(self.run_dir) if self.run_dir else Path(tempfile.mkdtemp(prefix="coophash-"))
+        trainer = Trainer(cfg, run_dir, dataset, manifest)
+        self.results_ = trainer.fit()
+        self.method_ = trainer.method
+        self.method_.train(False)
+        self.run_dir_ = run_dir
+        self.config_ = cfg
+        return self
+
+    @torch.no_grad()
+    def encode(self, images: Union[torch.Tensor, np.ndarray], batch_size: int = 512) -> np.ndarray:
+        """Packed codes (n, ceil(bits/8)) of images (N, C, H, W) in [-1, 1]."""
+        if not hasattr(self, "method_"):
+            raise RuntimeError("call fit() before encode()")
+        x = torch.as_tensor(images, dtype=torch.float32)
+        if x.ndim == 3:
+            x = x[:, None]
+        out = []
+        for s in range(0, x.shape[0], batch_size):
+            u = self.method_.encode(x[s : s + batch_size].to(self.method_.device)).float().cpu()
+            out.append(pack_bits(binarize(u).numpy()))
+        return np.concatenate(out) if out else np.zeros((0, (self.bits + 7) // 8), np.uint8)
+
+    @classmethod
+    def load(cls, run: Union[str, Path], which: str = "best", device: str = "cpu") -> "Hasher":
+        """A fitted Hasher from a run folder."""
+        cfg, method = load_run(run, which=which, device=device)
+        h = cls(method=cfg.method, bits=cfg.bits, loss=cfg.loss, backbone=cfg.backbone, epochs=cfg.epochs,
+                label_fraction=cfg.label_fraction, seed=cfg.seed, device=device, run_dir=run)
+        h.method_ = method
+        h.config_ = cfg
+        h.run_dir_ = Path(run)
+        return h

@@ -1,0 +1,61 @@
+"""Supervised deep hashing baselines: one hashing network trained with any registered hashing loss."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from coophash.config import TrainConfig
+from coophash.losses import create_loss
+from coophash.methods.base import DataInfo, Method, register_method
+from coophash.nets import create_hashing_net
+from coophash.train.phases import Phase
+
+__all__ = ["SupervisedHashing"]
+
+
+@register_method("supervised")
+class SupervisedHashing(Method):
+    """DSH, DPSH, HashNet, CSQ, GreedyHash or OrthoHash (``cfg.loss``) on the labeled images."""
+
+    uses_unlabeled = False
+
+    def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device) -> None:
+        super().__init__(cfg, info, device)
+        self.net = create_hashing_net(
+            backbone=cfg.backbone,
+            nbits=cfg.bits,
+            n_classes=None,
+            in_channels=info.channels,
+            image_size=info.image_size,
+            pretrained=cfg.pretrained,
+            **cfg.backbone_args,
+        ).to(device)
+        self.loss = create_loss(
+            cfg.loss, cfg.bits, info.n_classes, seed=cfg.seed, multi_label=info.multi_label, **cfg.loss_args
+        ).to(device)
+        params = list(self.net.parameters()) + list(self.loss.parameters())
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net, "loss": self.loss}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt": self.opt}
+
+    def phases(self) -> list[Phase]:
+        return [Phase("hash", self._hash_step, modules=[self.net, self.loss], optimizer=self.opt)]
+
+    def _hash_step(self, ctx: dict[str, Any]) -> Any:
+        out = self.net(ctx["x"])
+        return self.loss(out, ctx["y"], ctx["labeled"])
+
+    def on_step(self, global_step: int) -> None:
+        self.loss.on_step()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).u
+
+    def encoder(self) -> nn.Module:
+        return self.net

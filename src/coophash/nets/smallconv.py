@@ -1,0 +1,127 @@
+"""A small, fast conv trunk for 8–64 px images (MNIST, scikit-learn digits, CIFAR-size crops)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from coophash.nets.registry import register_backbone
+
+__all__ = ["SmallConv", "smallconv", "smallconv_nobn"]
+
+
+def _default_widths(image_size: int) -> tuple[int, ...]:
+    """Stage widths: two stages up to 32 px, one more per doubling of the side beyond that."""
+    widths = [32, 64]
+    size = 32
+    while image_size > size:
+        widths.append(min(widths[-1] * 2, 256))
+        size *= 2
+    return tuple(widths)
+
+
+class SmallConv(nn.Module):
+    """Stages of [conv3x3-norm-act] x ``convs_per_stage`` + 2x2 max pool, then a linear to ``num_features``.
+
+    Defaults: widths 32, 64 (plus 128, 256 for each doubling of the side beyond 32 px); one conv in
+    the first, full-resolution stage and two in each later stage (about half the cost of two
+    everywhere, for a similar accuracy on MNIST).
+
+    A stage pools only while its input side is at least 4 px, so the map never falls below 2 px
+    (at 8 px: 8 -> 4 -> 2; at 28 px: 28 -> 14 -> 7). The last map is average-pooled to at most
+    ``grid`` x ``grid`` cells, flattened, and projected to ``num_features`` (norm + act applied).
+    ``norm="batch"`` uses BatchNorm + ReLU; ``norm="none"`` uses no normalisation and leaky ReLU
+    (``negative_slope``), the form an energy-based descriptor needs; ``spectral_norm=True`` wraps
+    every conv and linear weight in spectral normalisation.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        widths: Sequence[int] | None = None,
+        convs_per_stage: int | Sequence[int] | None = None,
+        num_features: int = 256,
+        norm: str = "batch",
+        negative_slope: float = 0.2,
+        spectral_norm: bool = False,
+        grid: int = 4,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if norm not in ("batch", "none"):
+            raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")
+        if image_size < 2:
+            raise ValueError(f"image_size must be >= 2 px for smallconv, got {image_size}")
+        widths = tuple(widths) if widths is not None else _default_widths(image_size)
+        if not widths:
+            raise ValueError("widths must name at least one stage")
+        if convs_per_stage is None:
+            convs = (1,) + (2,) * (len(widths) - 1)
+        elif isinstance(convs_per_stage, int):
+            convs = (convs_per_stage,) * len(widths)
+        else:
+            convs = tuple(convs_per_stage)
+        if len(convs) != len(widths) or min(convs) < 1:
+            raise ValueError(
+                f"convs_per_stage must be >= 1 per stage ({len(widths)} stages), got {convs_per_stage}"
+            )
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.norm = norm
+        self.num_features = num_features
+
+        use_bn = norm == "batch"
+
+        def wrap(layer: nn.Module) -> nn.Module:
+            return _spectral_norm(layer) if spectral_norm else layer
+
+        def act() -> nn.Module:
+            return nn.ReLU(inplace=True) if use_bn else nn.LeakyReLU(negative_slope, inplace=True)
+
+        layers: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        for width, n_convs in zip(widths, convs):
+            for _ in range(n_convs):
+                layers.append(wrap(nn.Conv2d(channels, width, 3, padding=1, bias=not use_bn)))
+                if use_bn:
+                    layers.append(nn.BatchNorm2d(width))
+                layers.append(act())
+                channels = width
+            if size >= 4:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+        self.features = nn.Sequential(*layers)
+        cells = max(1, min(grid, size))
+        self.pool = nn.AdaptiveAvgPool2d(cells)
+        head: list[nn.Module] = [
+            nn.Flatten(),
+            wrap(nn.Linear(channels * cells * cells, num_features, bias=not use_bn)),
+        ]
+        if use_bn:
+            head.append(nn.BatchNorm1d(num_features))
+        head.append(act())
+        if dropout > 0:
+            head.append(nn.Dropout(dropout))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map images (N, C, H, W) in [-1, 1] to features (N, num_features)."""
+        return self.head(self.pool(self.features(x)))
+
+
+@register_backbone("smallconv")
+def smallconv(in_channels: int = 1, image_size: int = 28, **kw: object) -> SmallConv:
+    """Small conv trunk with batch norm and ReLU (the default for 8–32 px images)."""
+    kw.setdefault("norm", "batch")
+    return SmallConv(in_channels=in_channels, image_size=image_size, **kw)  # type: ignore[arg-type]
+
+
+@register_backbone("smallconv-nobn")
+def smallconv_nobn(in_channels: int = 1, image_size: int = 28, **kw: object) -> SmallConv:
+    """Small conv trunk without normalisation, leaky ReLU 0.2 (the CoopHash descriptor's trunk)."""
+    kw.setdefault("norm", "none")
+    kw.setdefault("negative_slope", 0.2)
+    return SmallConv(in_channels=in_channels, image_size=image_size, **kw)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Training: the shared phase-driven loop, checkpoints and run folders."""

@@ -1,0 +1,342 @@
+"""One training loop for every method: seeded, resumable, phase-driven, selected on the validation split.
+
+Run folder layout (see :mod:`coophash.train.runs`): ``config.yaml`` (resolved), ``manifest.json``,
+``metrics.jsonl`` (one JSON record per epoch, plus ``final``), ``last.safetensors`` (written every
+``checkpoint_every`` steps and at each epoch end), ``best.safetensors`` (best validation mAP@all),
+``results.json`` (the best checkpoint evaluated on the query split).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from coophash.codes import binarize, pack_bits
+from coophash.config import TrainConfig
+from coophash.data import HashDataset, Manifest, load_dataset, make_protocol
+from coophash.methods.base import DataInfo, Method, create_method
+from coophash.metrics import evaluate
+from coophash.train import runs
+from coophash.train.augment import augment_batch
+from coophash.train.checkpoint import load_checkpoint, save_checkpoint
+from coophash.train.phases import TrainingDiverged
+from coophash.train.sampler import StepSchedule
+from coophash.utils.io import atomic_write_text
+
+__all__ = ["Trainer", "prepare_data", "encode_indices", "data_info", "seed_everything", "StepInfo"]
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (explicitly, once per run)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[HashDataset, Manifest]:
+    """Load the dataset and make (or read) the protocol manifest for a config."""
+    ds = load_dataset(cfg.dataset, image_size=cfg.image_size, channels=cfg.channels, **cfg.dataset_args)
+    if cfg.manifest:
+        manifest = Manifest.load(cfg.manifest)
+        manifest.check(ds)
+    else:
+        split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+        manifest = make_protocol(
+            ds, cfg.protocol, seed=split_seed, label_fraction=cfg.label_fraction, **cfg.protocol_args
+        )
+    return ds, manifest
+
+
+def data_info(ds: HashDataset, manifest: Manifest) -> DataInfo:
+    """Summary of the data a method needs to build its networks."""
+    c, h, _w = ds.image_shape
+    multi = bool((ds.labels.sum(dim=1) > 1).any())
+    return DataInfo(
+        n_classes=ds.n_classes, channels=c, image_size=h, n_train=len(manifest.train), multi_label=multi
+    )
+
+
+@torch.no_grad()
+def encode_indices(
+    encode_fn: Callable[[torch.Tensor], torch.Tensor],
+    ds: HashDataset,
+    indices: np.ndarray,
+    device: torch.device,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """Packed codes (n, ceil(K/8)) of the dataset items at ``indices``."""
+    chunks = []
+    for start in range(0, len(indices), batch_size):
+        idx = np.asarray(indices[start : start + batch_size])
+        x = ds.images(idx).to(device)
+        u = encode_fn(x).float().cpu()
+        chunks.append(pack_bits(binarize(u).numpy()))
+    if not chunks:
+        raise ValueError("no items to encode")
+    return np.concatenate(chunks, axis=0)
+
+
+@dataclass
+class StepInfo:
+    """What a step callback sees (tests use it to kill a run mid-epoch)."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+
+
+class _Meter:
+    """Running sums of named scalars, serialisable for mid-epoch resume."""
+
+    def __init__(self, sums: Optional[dict[str, float]] = None, count: int = 0) -> None:
+        self.sums = dict(sums or {})
+        self.count = count
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(1, self.count) for k, v in self.sums.items()}
+
+
+class Trainer:
+    """Trains a method on a dataset under a protocol, writing a resumable run folder."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        dataset: Optional[HashDataset] = None,
+        manifest: Optional[Manifest] = None,
+        progress: Optional[Callable[[int, int, dict[str, float]], None]] = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        if dataset is None or manifest is None:
+            dataset, manifest = prepare_data(cfg)
+        self.ds = dataset
+        self.manifest = manifest
+        self.device = torch.device(cfg.device)
+        self.progress = progress
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        seed_everything(cfg.seed)
+        self.info = data_info(dataset, manifest)
+        self.method: Method = create_method(cfg, self.info, self.device)
+        self.schedule = StepSchedule(
+            manifest.train,
+            manifest.labeled,
+            cfg.batch_size,
+            cfg.unlabeled_batch_size if self.method.uses_unlabeled else 0,
+            seed=cfg.seed,
+        )
+        self.labeled_mask = torch.zeros(len(dataset), dtype=torch.bool)
+        self.labeled_mask[torch.from_numpy(np.array(manifest.labeled, dtype=np.int64))] = True
+
+    # -- folder -------------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / runs.LAST
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / runs.BEST
+
+    def _init_folder(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_config(self.run_dir, self.cfg.to_dict())
+        self.manifest.save(self.run_dir / runs.MANIFEST)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _save(self, path: Path, state: dict[str, Any]) -> None:
+        save_checkpoint(
+            path,
+            modules=self.method.modules(),
+            optimizers=self.method.optimizers(),
+            schedulers=self.method.schedulers(),
+            state=state,
+        )
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        ckpt = load_checkpoint(
+            path,
+            modules=self.method.modules(),
+            optimizers=self.method.optimizers(),
+            schedulers=self.method.schedulers(),
+            map_location=self.device,
+        )
+        return ckpt.state if hasattr(ckpt, "state") else ckpt
+
+    # -- one step -----------------------------------------------------------------------------
+    def _batch(self, lab: np.ndarray, unl: np.ndarray) -> dict[str, Any]:
+        idx = np.concatenate([lab, unl]) if len(unl) else lab
+        x = self.ds.images(idx)
+        x = augment_batch(x, self.cfg.augment).to(self.device)
+        y = self.ds.labels[torch.as_tensor(idx)].to(self.device)
+        labeled = self.labeled_mask[torch.as_tensor(idx)].to(self.device)
+        n_lab = len(lab)
+        return {
+            "x": x[:n_lab],
+            "y": y[:n_lab],
+            "labeled": labeled[:n_lab],
+            "idx": torch.as_tensor(idx[:n_lab]),
+            "x_all": x,
+            "y_all": y,
+            "labeled_all": labeled,
+        }
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _step(self, ctx: dict[str, Any], global_step: int) -> dict[str, float]:
+        values: dict[str, float] = {}
+        all_modules = list(self.method.modules().values())
+        for phase in self.method.phases():
+            if global_step % max(1, phase.interval):
+                continue
+            own = {id(p) for m in phase.modules for p in m.parameters()}
+            for m in all_modules:
+                for p in m.parameters():
+                    p.requires_grad_(id(p) in own)
+            with self._autocast():
+                out = phase.fn(ctx)
+            if out is None:
+                continue
+            if phase.optimizer is not None:
+                total = out.total.float()
+                if not torch.isfinite(total):
+                    raise TrainingDiverged(
+                        f"phase {phase.name!r}: loss is {total.item()} at step {global_step}; "
+                        f"the last good checkpoint {self.last_path} is intact"
+                    )
+                phase.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if phase.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(phase.params(), phase.clip_grad)
+                phase.optimizer.step()
+                values[f"{phase.name}/total"] = float(total.detach())
+            for name, t in out.terms.items():
+                values[f"{phase.name}/{name}"] = float(t.detach().float()) if torch.is_tensor(t) else float(t)
+        for m in all_modules:
+            for p in m.parameters():
+                p.requires_grad_(True)
+        self.method.on_step(global_step)
+        return values
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate_split(self, split: str = "validation", **metric_args: Any) -> dict[str, Any]:
+        """Encode ``split`` queries and the database, return retrieval metrics."""
+        queries = np.array(getattr(self.manifest, split), dtype=np.int64)
+        # validation queries retrieve from the database minus themselves (some protocols hold them inside it)
+        database = np.array(
+            self.manifest.validation_database if split == "validation" else self.manifest.database, dtype=np.int64
+        )
+        self.method.train(False)
+        try:
+            q = encode_indices(self.method.encode, self.ds, queries, self.device, self.cfg.eval_batch_size)
+            db = encode_indices(self.method.encode, self.ds, database, self.device, self.cfg.eval_batch_size)
+        finally:
+            self.method.train(True)
+        ql = self.ds.labels[torch.from_numpy(queries)].numpy()
+        dl = self.ds.labels[torch.from_numpy(database)].numpy()
+        return evaluate(q, db, ql, dl, self.cfg.bits, **metric_args)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self, resume: bool = False, step_callback: Optional[Callable[[StepInfo], None]] = None) -> dict:
+        """Train for ``cfg.epochs`` epochs (continuing from ``last`` when ``resume``), return the results."""
+        cfg = self.cfg
+        metrics_path = self.run_dir / runs.METRICS
+        state: dict[str, Any] = {
+            "epoch": 0,
+            "step_in_epoch": 0,
+            "global_step": 0,
+            "best_map": -1.0,
+            "best_epoch": -1,
+            "meter": {},
+            "meter_count": 0,
+            "epoch_seconds": 0.0,
+            "data_info": dataclasses.asdict(self.info),
+        }
+        if resume and self.last_path.exists():
+            state.update(self._load(self.last_path))
+            runs.truncate_metrics(metrics_path, state["global_step"])
+        else:
+            if resume:
+                log.info("no checkpoint in %s; starting from scratch", self.run_dir)
+            self._init_folder()
+            if metrics_path.exists():
+                metrics_path.unlink()
+        logger = runs.MetricsLogger(metrics_path)
+        spe = self.schedule.steps_per_epoch
+        self.method.train(True)
+        epoch = int(state["epoch"])
+        while epoch < cfg.epochs:
+            lab, unl = self.schedule.epoch(epoch)
+            meter = _Meter(state["meter"], int(state["meter_count"]))
+            t0 = time.perf_counter() - float(state["epoch_seconds"])
+            for s in range(int(state["step_in_epoch"]), spe):
+                ctx = self._batch(lab[s], unl[s])
+                values = self._step(ctx, int(state["global_step"]))
+                meter.add(values)
+                state["global_step"] += 1
+                state["step_in_epoch"] = s + 1
+                if self.progress:
+                    self.progress(epoch, s + 1, values)
+                if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0 and s + 1 < spe:
+                    state.update(meter=meter.sums, meter_count=meter.count, epoch_seconds=time.perf_counter() - t0)
+                    self._save(self.last_path, state)
+                if step_callback:
+                    step_callback(StepInfo(epoch, s + 1, int(state["global_step"])))
+            seconds = time.perf_counter() - t0
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": int(state["global_step"]), "seconds": seconds}
+            record.update(meter.means())
+            record.update(self.method.on_epoch_end(epoch))
+            if (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs:
+                res = self.evaluate_split("validation", topk=(), radius=2)
+                record["val_map"] = res["map@all"]
+                if res["map@all"] > state["best_map"]:
+                    state["best_map"] = float(res["map@all"])
+                    state["best_epoch"] = epoch + 1
+                    best_state = dict(state, epoch=epoch + 1, step_in_epoch=0, meter={}, meter_count=0)
+                    self._save(self.best_path, best_state)
+            logger.log(**record)
+            epoch += 1
+            state.update(epoch=epoch, step_in_epoch=0, meter={}, meter_count=0, epoch_seconds=0.0)
+            self._save(self.last_path, state)
+        return self.finish(logger, state)
+
+    def finish(self, logger: Any, state: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate the best checkpoint (or the last, with no validation) on the query split."""
+        if self.best_path.exists():
+            self._load_weights_only(self.best_path)
+        res = self.evaluate_split("query")
+        res_out = {
+            "split": "query",
+            "best_epoch": state.get("best_epoch"),
+            "best_val_map": state.get("best_map"),
+            "epochs": self.cfg.epochs,
+            "global_step": state.get("global_step"),
+            **res,
+        }
+        logger.log(final=True, **{k: v for k, v in res_out.items() if not isinstance(v, dict)})
+        atomic_write_text(self.run_dir / "results.json", json.dumps(res_out, indent=2, sort_keys=True) + "\n")
+        return res_out
+
+    def _load_weights_only(self, path: Path) -> None:
+        load_checkpoint(path, modules=self.method.modules(), restore_rng=False, map_location=self.device)
