@@ -6,7 +6,7 @@ of split indices that ``save``/``load`` as deterministic JSON.
 """
 from coophash.data.dataset import HashDataset, ImageFiles, one_hot
 from coophash.data.errors import DataError
-from coophash.data.pixels import IMAGE_EXTENSIONS, prepare_pixels, to_float
+from coophash.data.pixels import IMAGE_EXTENSIONS, prepare_pixels, read_image_file, to_float
 from coophash.data.protocols import PROTOCOLS, SPLITS, Manifest, make_protocol
 from coophash.data.readers import (
     DATASETS,
@@ -25,6 +25,7 @@ from coophash.data.transforms import Compose, RandomCrop, RandomHorizontalFlip, 
 
 __all__ = [
     "HashDataset",
+    "read_image_file",
     "ImageFiles",
     "DataError",
     "one_hot",

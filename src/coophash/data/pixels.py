@@ -142,3 +142,11 @@ def decode_image(path: Union[str, Path]) -> np.ndarray:
     if array.ndim == 2:
         return array[None, :, :].copy()
     return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def read_image_file(
+    path: Union[str, Path], image_size: Optional[ImageSize] = None, channels: Optional[int] = None
+) -> torch.Tensor:
+    """One image file as float32 (C, H, W) in [-1, 1], resized and channel-converted like a dataset."""
+    pixels = torch.from_numpy(np.ascontiguousarray(decode_image(path)))[None]
+    return to_float(prepare_pixels(pixels, image_size=image_size, channels=channels))[0]

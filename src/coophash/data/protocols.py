@@ -72,7 +72,6 @@ def _index_array(values: Any, name: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.int64).reshape(-1)
     if array.size > 1 and not bool(np.all(array[1:] > array[:-1])):
         raise ValueError(f"split {name!r} must be strictly increasing indices")
-    array.setflags(write=False)
     return array
 
 

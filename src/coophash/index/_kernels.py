@@ -71,22 +71,68 @@ if HAVE_NUMBA:
             dist[i] += _popcount(x[i] ^ qw)
 
     @njit(**_JIT)
-    def _min_range(dist, s0, s1):
-        """Minimum of dist[s0:s1] (s1 > s0)."""
-        mn = dist[s0]
-        for i in range(s0 + 1, s1):
-            v = dist[i]
-            if v < mn:
-                mn = v
-        return mn
+    def _dist_set_min(x, qw, dist, smin):
+        """dist[i] = popcount(x[i] ^ qw) and smin[s] = min of sub-block s (SUB codes) of dist."""
+        m = x.shape[0]
+        nfull = m // SUB
+        for s in range(nfull):
+            b = s * SUB
+            xs = x[b:b + SUB]
+            ds = dist[b:b + SUB]
+            mn = np.int32(1 << 30)
+            for j in range(SUB):
+                v = np.int32(_popcount(xs[j] ^ qw))
+                ds[j] = v
+                mn = min(mn, v)
+            smin[s] = mn
+        if nfull * SUB < m:
+            b = nfull * SUB
+            xs = x[b:m]
+            ds = dist[b:m]
+            mn = np.int32(1 << 30)
+            for j in range(xs.shape[0]):
+                v = np.int32(_popcount(xs[j] ^ qw))
+                ds[j] = v
+                mn = min(mn, v)
+            smin[nfull] = mn
 
     @njit(**_JIT)
-    def _chunk_distances(db, c0, m, q, qo, dist):
-        """Distances of query q[qo:qo+W] to codes c0..c0+m into dist[:m]."""
+    def _dist_add_min(x, qw, dist, smin):
+        """dist[i] += popcount(x[i] ^ qw) and smin[s] = min of sub-block s (SUB codes) of dist."""
+        m = x.shape[0]
+        nfull = m // SUB
+        for s in range(nfull):
+            b = s * SUB
+            xs = x[b:b + SUB]
+            ds = dist[b:b + SUB]
+            mn = np.int32(1 << 30)
+            for j in range(SUB):
+                v = ds[j] + np.int32(_popcount(xs[j] ^ qw))
+                ds[j] = v
+                mn = min(mn, v)
+            smin[s] = mn
+        if nfull * SUB < m:
+            b = nfull * SUB
+            xs = x[b:m]
+            ds = dist[b:m]
+            mn = np.int32(1 << 30)
+            for j in range(xs.shape[0]):
+                v = ds[j] + np.int32(_popcount(xs[j] ^ qw))
+                ds[j] = v
+                mn = min(mn, v)
+            smin[nfull] = mn
+
+    @njit(**_JIT)
+    def _chunk_distances(db, c0, m, q, qo, dist, smin):
+        """Distances of query q[qo:qo+W] to codes c0..c0+m into dist[:m], sub-block minima into smin."""
         W = db.shape[0]
-        _dist_set(db[0][c0:c0 + m], q[qo], dist)
-        for w in range(1, W):
-            _dist_add(db[w][c0:c0 + m], q[qo + w], dist)
+        if W == 1:
+            _dist_set_min(db[0][c0:c0 + m], q[qo], dist, smin)
+        else:
+            _dist_set(db[0][c0:c0 + m], q[qo], dist)
+            for w in range(1, W - 1):
+                _dist_add(db[w][c0:c0 + m], q[qo + w], dist)
+            _dist_add_min(db[W - 1][c0:c0 + m], q[qo + W - 1], dist, smin)
 
     @njit(**_JIT)
     def _compact(cd, cp, cnt, k, nbits, hist):
@@ -122,7 +168,7 @@ if HAVE_NUMBA:
         """Exact top-k for queries q0..q1 (at most QUERY_BLOCK) against the whole database."""
         nb = q1 - q0
         # Candidate buffer; compaction to k happens each time it fills (never when cap > n).
-        cap = min(2 * k + 2048, n + SUB)
+        cap = min(4 * k + SUB, n + SUB)
         cd = np.empty((nb, cap), np.int32)
         cp = np.empty((nb, cap), np.int64)
         cnt = np.zeros(nb, np.int64)
@@ -130,23 +176,26 @@ if HAVE_NUMBA:
         hist = np.zeros(nbits + 2, np.int64)
         W = db.shape[0]
         dist = np.empty(CHUNK, np.int32)
+        smin = np.empty(CHUNK // SUB + 1, np.int32)
         for c0 in range(0, n, CHUNK):
             m = min(CHUNK, n - c0)
+            nsub = (m + SUB - 1) // SUB
             for b in range(nb):
-                _chunk_distances(db, c0, m, q, (q0 + b) * W, dist)
+                _chunk_distances(db, c0, m, q, (q0 + b) * W, dist, smin)
                 t = thr[b]
                 c = cnt[b]
                 cdb = cd[b]
                 cpb = cp[b]
-                for s0 in range(0, m, SUB):
-                    s1 = min(m, s0 + SUB)
-                    if _min_range(dist, s0, s1) < t:
+                for si in range(nsub):
+                    if smin[si] < t:
+                        s0 = si * SUB
+                        sub = dist[s0:min(m, s0 + SUB)]
                         if c + SUB > cap:
                             c, t = _compact(cdb, cpb, c, k, nbits, hist)
-                        for i in range(s0, s1):
-                            d = dist[i]
+                        for i in range(sub.shape[0]):
+                            d = sub[i]
                             cdb[c] = d
-                            cpb[c] = c0 + i
+                            cpb[c] = c0 + s0 + i
                             c += 1 if d < t else 0
                 cnt[b] = c
                 thr[b] = t
@@ -210,6 +259,7 @@ if HAVE_NUMBA:
         out_i = np.empty(1024, np.int64)
         total = 0
         dist = np.empty(CHUNK, np.int32)
+        smin = np.empty(CHUNK // SUB + 1, np.int32)
         hist = np.zeros(r + 2, np.int64)
         thr = r + 1
         for q0 in range(0, nq, QUERY_BLOCK):
@@ -221,12 +271,14 @@ if HAVE_NUMBA:
             cnt = np.zeros(nb, np.int64)
             for c0 in range(0, n, CHUNK):
                 m = min(CHUNK, n - c0)
+                nsub = (m + SUB - 1) // SUB
                 for b in range(nb):
-                    _chunk_distances(db, c0, m, q, (q0 + b) * W, dist)
+                    _chunk_distances(db, c0, m, q, (q0 + b) * W, dist, smin)
                     c = cnt[b]
-                    for s0 in range(0, m, SUB):
-                        s1 = min(m, s0 + SUB)
-                        if _min_range(dist, s0, s1) < thr:
+                    for si in range(nsub):
+                        if smin[si] < thr:
+                            s0 = si * SUB
+                            sub = dist[s0:min(m, s0 + SUB)]
                             if c + SUB > cap:
                                 ncap = 2 * cap
                                 ncd = np.empty((nb, ncap), np.int32)
@@ -238,10 +290,10 @@ if HAVE_NUMBA:
                                 cap = ncap
                             cdb = cd[b]
                             cpb = cp[b]
-                            for i in range(s0, s1):
-                                d = dist[i]
+                            for i in range(sub.shape[0]):
+                                d = sub[i]
                                 cdb[c] = d
-                                cpb[c] = c0 + i
+                                cpb[c] = c0 + s0 + i
                                 c += 1 if d < thr else 0
                     cnt[b] = c
             for b in range(nb):
@@ -287,11 +339,11 @@ if HAVE_NUMBA:
         return _join_bits(q[base + a], hi, start & 63, length)
 
     @njit(inline="always")
-    def _substr_db(db, p, start, length):
-        """Bits start..start+length of database code p (word-major db)."""
+    def _substr_t(tcodes, t, e, start, length):
+        """Bits start..start+length of entry e of table t (codes stored in the table's key order)."""
         a = start >> 6
-        hi = db[a + 1, p] if (start & 63) + length > 64 else np.uint64(0)
-        return _join_bits(db[a, p], hi, start & 63, length)
+        hi = tcodes[t, a + 1, e] if (start & 63) + length > 64 else np.uint64(0)
+        return _join_bits(tcodes[t, a, e], hi, start & 63, length)
 
     @njit(**_JIT)
     def _lower_bound(keys, lo, hi, key):
@@ -305,17 +357,18 @@ if HAVE_NUMBA:
         return lo
 
     @njit(**_JIT)
-    def mih_range(db, n, q, ids, r, s, starts, lens, shifts, keys, perm, offs, masks, nmasks):
+    def mih_range(tcodes, n, q, ids, r, s, starts, lens, shifts, keys, perm, offs, masks, nmasks):
         """Multi-index-hashing radius search: (lims, D, I) with all codes at distance <= r, sorted stably.
 
         Table ``t`` indexes bits ``starts[t] .. starts[t]+lens[t]`` of every code: ``keys[t]`` holds the
         substrings sorted, ``perm[t]`` the matching positions, ``offs[t]`` bucket offsets over the top bits
-        (``key >> shifts[t]``).  A code within ``r`` is within ``s = r // m`` of the query on at least one
+        (``key >> shifts[t]``) and ``tcodes[t]`` the codes themselves in that order (word-major), so the
+        candidates of a bucket are verified from contiguous memory.  A code within ``r`` is within ``s = r // m`` of the query on at least one
         of the ``m`` substrings (pigeonhole), so probing every substring value within ``s`` (XOR with
         ``masks[t, :nmasks[t]]``) finds it.  A candidate met in table ``t`` is skipped when an earlier
         table also matches it within ``s`` (it was met there), so no "seen" array is needed.
         """
-        W = db.shape[0]
+        W = tcodes.shape[1]
         nq = q.shape[0] // W
         m = starts.shape[0]
         lims = np.zeros(nq + 1, np.int64)
@@ -340,18 +393,18 @@ if HAVE_NUMBA:
                         hi = _lower_bound(keys[t], lo, hi, key + np.uint64(1)) if key != np.uint64(
                             0xFFFFFFFFFFFFFFFF) else hi
                     for e in range(lo, hi):
-                        p = perm[t, e]
                         dup = False
                         for u in range(t):
-                            if _popcount(_substr_db(db, p, starts[u], lens[u]) ^ qkeys[u]) <= s:
+                            if _popcount(_substr_t(tcodes, t, e, starts[u], lens[u]) ^ qkeys[u]) <= s:
                                 dup = True
                                 break
                         if dup:
                             continue
                         d = 0
                         for w in range(W):
-                            d += _popcount(db[w, p] ^ q[qb + w])
+                            d += _popcount(tcodes[t, w, e] ^ q[qb + w])
                         if d <= r:
+                            p = perm[t, e]
                             if total == out_d.shape[0]:
                                 out_d = _grow(out_d, 2 * total)
                                 out_p = _grow(out_p, 2 * total)

@@ -38,7 +38,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 BACKENDS = ("numba", "numpy", "faiss")
 #: Estimated linear-scan cost per code word (ns) for each backend, used to decide MIH vs scan.
-_SCAN_NS_PER_WORD = {"numba": 0.15, "numpy": 1.2, "faiss": 1.0}
+_SCAN_NS_PER_WORD = {"numba": 0.4, "numpy": 1.5, "faiss": 1.0}
 #: MIH table sets kept at once (one per substring split).
 _MAX_TABLE_SETS = 2
 
@@ -281,10 +281,13 @@ class HammingIndex:
                 _kernels.set_numba_threads(previous)
         return D, I
 
+    def _mih_compiled(self) -> bool:
+        return _kernels.HAVE_NUMBA and self._backend != "numpy"
+
     def _tables_for(self, plan: mih.MIHPlan) -> mih.MIHTables:
         tables = self._tables.get(plan.m)
         if tables is None:
-            tables = mih.build_tables(self._db(), plan.starts, plan.lens)
+            tables = mih.build_tables(self._db(), plan.starts, plan.lens, with_codes=self._mih_compiled())
             self._tables[plan.m] = tables
             while len(self._tables) > _MAX_TABLE_SETS:
                 self._tables.popitem(last=False)
@@ -328,9 +331,9 @@ class HammingIndex:
             self.last_range_method = "mih"
             tables = self._tables_for(plan)
             masks, nmasks = mih.masks_for(tables, plan.s)
-            if _kernels.HAVE_NUMBA and self._backend != "numpy":
+            if self._mih_compiled():
                 return _kernels.mih_range(
-                    self._wm, self._n, np.ascontiguousarray(qw).reshape(-1), ids, r, plan.s,
+                    tables.tcodes, self._n, np.ascontiguousarray(qw).reshape(-1), ids, r, plan.s,
                     tables.starts, tables.lens, tables.shifts, tables.keys, tables.perm, tables.offs,
                     masks, nmasks,
                 )

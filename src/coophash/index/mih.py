@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
@@ -22,8 +23,8 @@ import numpy as np
 __all__ = ["MIHPlan", "MIHTables", "plan", "build_tables", "flip_masks", "extract_substrings", "query_numpy"]
 
 # Cost model, in nanoseconds (measured order of magnitude on one core; only ratios matter).
-_COST_PROBE = 60.0  # one table lookup (offset read + short binary search, cache misses)
-_COST_CANDIDATE = 15.0  # one candidate: random code read, duplicate check, exact distance
+_COST_PROBE = 25.0  # one table lookup (offset read + short binary search, cache misses)
+_COST_CANDIDATE = 12.0  # one candidate: duplicate check and exact distance (codes stored in table order)
 _SAFETY = 2.0  # MIH must be estimated this many times cheaper than the scan to be used
 _MAX_PROBES_PER_TABLE = 1 << 16
 
@@ -56,11 +57,13 @@ class MIHTables:
     keys: np.ndarray  # (m, n) uint64, sorted per row
     perm: np.ndarray  # (m, n) int64, positions in key order (ascending position within equal keys)
     offs: np.ndarray  # (m, 2**P + 1) int64 bucket offsets
+    tcodes: np.ndarray | None = None  # (m, W, n) uint64: the codes in each table's key order (compiled path)
 
     @property
     def nbytes(self) -> int:
         """Memory held by the tables."""
-        return int(self.keys.nbytes + self.perm.nbytes + self.offs.nbytes)
+        extra = 0 if self.tcodes is None else self.tcodes.nbytes
+        return int(self.keys.nbytes + self.perm.nbytes + self.offs.nbytes + extra)
 
 
 def split(nbits: int, m: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -76,6 +79,7 @@ def _ball(length: int, s: int) -> int:
     return sum(math.comb(length, j) for j in range(min(s, length) + 1))
 
 
+@lru_cache(maxsize=256)
 def plan(
     nbits: int,
     n: int,
@@ -135,8 +139,14 @@ def flip_masks(length: int, s: int) -> np.ndarray:
     return np.array(out, dtype=np.uint64)
 
 
-def build_tables(words: np.ndarray, starts: tuple[int, ...], lens: tuple[int, ...]) -> MIHTables:
-    """Build the MIH tables of a word-major ``(W, n)`` uint64 database for the given substring split."""
+def build_tables(
+    words: np.ndarray, starts: tuple[int, ...], lens: tuple[int, ...], with_codes: bool = False
+) -> MIHTables:
+    """Build the MIH tables of a word-major ``(W, n)`` uint64 database for the given substring split.
+
+    ``with_codes`` also stores a copy of the codes in each table's key order (``tcodes``; ``m`` times the
+    database) so that the compiled lookup verifies the candidates of a bucket from contiguous memory.
+    """
     n = words.shape[1]
     m = len(starts)
     p_bits = max(1, min(min(lens), max(1, math.ceil(math.log2(max(n, 2)))), 24))
@@ -144,11 +154,14 @@ def build_tables(words: np.ndarray, starts: tuple[int, ...], lens: tuple[int, ..
     perm = np.empty((m, n), dtype=np.int64)
     offs = np.empty((m, (1 << p_bits) + 1), dtype=np.int64)
     shifts = np.empty(m, dtype=np.int64)
+    tcodes = np.empty((m, words.shape[0], n), dtype=np.uint64) if with_codes else None
     for t, (st, L) in enumerate(zip(starts, lens)):
         k = extract_substrings(words, st, L)
         order = np.argsort(k, kind="stable")
         perm[t] = order
         keys[t] = k[order]
+        if tcodes is not None:
+            np.take(words, order, axis=1, out=tcodes[t])
         shift = L - p_bits
         shifts[t] = shift
         buckets = (keys[t] >> np.uint64(shift)).astype(np.int64)
@@ -163,6 +176,7 @@ def build_tables(words: np.ndarray, starts: tuple[int, ...], lens: tuple[int, ..
         keys=keys,
         perm=perm,
         offs=offs,
+        tcodes=tcodes,
     )
 
 

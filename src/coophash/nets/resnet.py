@@ -4,6 +4,8 @@ Written here (no torchvision dependency) so that a torchvision state dict saved 
 loads with :func:`coophash.nets.load_pretrained`. For small images (``small_input=True``, the
 default below 64 px) the stem is a 3x3 stride-1 conv with no max pool, as is usual for CIFAR;
 ``conv1.weight`` then differs in shape from torchvision's and is skipped when loading weights.
+ImageNet weights were trained on mean/std-normalised RGB, not on [-1, 1]; fine-tuning absorbs the
+difference, but expect the first epochs to adapt the stem.
 """
 
 from __future__ import annotations

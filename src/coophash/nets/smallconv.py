@@ -32,7 +32,7 @@ class SmallConv(nn.Module):
     A stage pools only while its input side is at least 4 px, so the map never falls below 2 px
     (at 8 px: 8 -> 4 -> 2; at 28 px: 28 -> 14 -> 7). The last map is average-pooled to at most
     ``grid`` x ``grid`` cells, flattened, and projected to ``num_features`` (norm + act applied).
-    ``norm="batch"`` uses BatchNorm + ReLU; ``norm="none"`` uses no normalisation and leaky ReLU
+    ``pool`` picks 2x2 max or average pooling. ``norm="batch"`` uses BatchNorm + ReLU; ``norm="none"`` uses no normalisation and leaky ReLU
     (``negative_slope``), the form an energy-based descriptor needs; ``spectral_norm=True`` wraps
     every conv and linear weight in spectral normalisation.
     """
@@ -45,6 +45,7 @@ class SmallConv(nn.Module):
         convs_per_stage: int | Sequence[int] | None = None,
         num_features: int = 256,
         norm: str = "batch",
+        pool: str = "max",
         negative_slope: float = 0.2,
         spectral_norm: bool = False,
         grid: int = 4,
@@ -53,6 +54,8 @@ class SmallConv(nn.Module):
         super().__init__()
         if norm not in ("batch", "none"):
             raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")
+        if pool not in ("max", "avg"):
+            raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
         if image_size < 2:
             raise ValueError(f"image_size must be >= 2 px for smallconv, got {image_size}")
         widths = tuple(widths) if widths is not None else _default_widths(image_size)
@@ -91,11 +94,11 @@ class SmallConv(nn.Module):
                 layers.append(act())
                 channels = width
             if size >= 4:
-                layers.append(nn.MaxPool2d(2))
+                layers.append(nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2))
                 size //= 2
         self.features = nn.Sequential(*layers)
         cells = max(1, min(grid, size))
-        self.pool = nn.AdaptiveAvgPool2d(cells)
+        self.grid_pool = nn.AdaptiveAvgPool2d(cells)
         head: list[nn.Module] = [
             nn.Flatten(),
             wrap(nn.Linear(channels * cells * cells, num_features, bias=not use_bn)),
@@ -109,7 +112,7 @@ class SmallConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map images (N, C, H, W) in [-1, 1] to features (N, num_features)."""
-        return self.head(self.pool(self.features(x)))
+        return self.head(self.grid_pool(self.features(x)))
 
 
 @register_backbone("smallconv")
@@ -121,7 +124,11 @@ def smallconv(in_channels: int = 1, image_size: int = 28, **kw: object) -> Small
 
 @register_backbone("smallconv-nobn")
 def smallconv_nobn(in_channels: int = 1, image_size: int = 28, **kw: object) -> SmallConv:
-    """Small conv trunk without normalisation, leaky ReLU 0.2 (the CoopHash descriptor's trunk)."""
+    """Small conv trunk with no normalisation, leaky ReLU 0.2 and average pooling (CoopHash descriptor).
+
+    Average pooling (as in IGEBM) passes a gradient to every pixel, which suits Langevin revision.
+    """
     kw.setdefault("norm", "none")
+    kw.setdefault("pool", "avg")
     kw.setdefault("negative_slope", 0.2)
     return SmallConv(in_channels=in_channels, image_size=image_size, **kw)  # type: ignore[arg-type]
