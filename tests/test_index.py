@@ -392,3 +392,55 @@ def test_faiss_round_trip(nbits: int) -> None:
     from_plain = HammingIndex.from_faiss(plain)
     assert from_plain.nbits == plain.d
     np.testing.assert_array_equal(from_plain.search(q, 40)[0], D)
+
+
+def test_faiss_wrapper_reorders_ties_whatever_faiss_returns() -> None:
+    """The FAISS backend must not rely on FAISS's order among equal distances: feed it a fake engine that
+    returns ties in reverse insertion order and check the answer is still the stable reference."""
+    from coophash.index import _faiss_backend
+
+    rng = np.random.default_rng(11)
+    db = _tied_codes(rng, 300, 16, pool=10)
+    q = db[:6]
+    dist = hamming_distance(q, db)
+
+    class ReversedTies:
+        ntotal = db.shape[0]
+
+        def search(self, qsub: np.ndarray, kk: int):
+            rows = qsub[:, 0].astype(np.int64)
+            pos = np.arange(self.ntotal)
+            order = np.stack([np.lexsort((-pos, dist[r]))[:kk] for r in rows])
+            return np.take_along_axis(dist[rows], order, axis=1), order
+
+    ids = np.arange(300, dtype=np.int64) + 1000
+    qidx = np.arange(6, dtype=np.uint8)[:, None]  # the fake engine reads the query number from byte 0
+    for k in (1, 7, 40):
+        got = _faiss_backend.topk(ReversedTies(), qidx, ids, k)
+        _assert_same(got, _reference_search(q, db, ids, k))
+
+
+def test_works_without_numba() -> None:
+    """With numba missing, 'auto' falls back to the NumPy backend (including NumPy MIH)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import numpy as np\n"
+        "from coophash.index import HammingIndex\n"
+        "from coophash.codes import hamming_distance\n"
+        "rng = np.random.default_rng(0)\n"
+        "db = rng.integers(0, 256, size=(3000, 8), dtype=np.uint8)\n"
+        "ix = HammingIndex(64)\n"
+        "assert ix.backend == 'numpy', ix.backend\n"
+        "ix.add(db)\n"
+        "D, I = ix.search(db[:5], 3)\n"
+        "assert (I[:, 0] == np.arange(5)).all() and (D[:, 0] == 0).all()\n"
+        "lims, D, I = ix.range_search(db[:5], 1, method='mih')\n"
+        "assert list(I[lims[:-1]]) == [0, 1, 2, 3, 4]\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -106,7 +106,30 @@ def run_training(cfg, run_dir: Path, resume: bool, quiet: bool = False) -> dict:
             bar.close()
 
 
+def _method_options(func):
+    """Add a ``--name`` option for every field of every registered method's ``Args`` dataclass."""
+    import dataclasses
+
+    from coophash.methods import METHODS
+
+    seen: dict[str, str] = {}
+    for mname, mcls in sorted(METHODS.items()):
+        if mcls.Args is None:
+            continue
+        for f in dataclasses.fields(mcls.Args):
+            if f.name in seen:
+                continue
+            seen[f.name] = mname
+            flag = "--" + f.name.replace("_", "-")
+            default = f.default if f.default is not dataclasses.MISSING else None
+            typ = {bool: str, int: int, float: float, str: str}.get(type(default), str)
+            helptext = f.metadata.get("help", "") + f" [{mname}; default {default!r}]"
+            func = click.option(flag, "m__" + f.name, type=typ, default=None, help=helptext)(func)
+    return func
+
+
 @cli.command()
+@_method_options
 @click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("--method", help="Hashing method (see `coophash list`).")
 @click.option("--loss", help="Supervised hashing loss.")
@@ -127,8 +150,11 @@ def run_training(cfg, run_dir: Path, resume: bool, quiet: bool = False) -> dict:
 @click.option("--set", "sets", multiple=True, help="Override any config field: KEY=VALUE or FIELD.KEY=VALUE.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(config, method, loss, backbone, bits, dataset, protocol, manifest, label_fraction, epochs,
-          batch_size, lr, seed, device, threads, out, resume, sets, quiet) -> None:
-    """Train a hashing method; writes a numbered run folder."""
+          batch_size, lr, seed, device, threads, out, resume, sets, quiet, **method_opts) -> None:
+    """Train a hashing method; writes a numbered run folder.
+
+    Method hyperparameters have their own options (below) or go through --set method_args.NAME=VALUE.
+    """
     from coophash.config import TrainConfig
     from coophash.train import runs
 
@@ -144,6 +170,8 @@ def train(config, method, loss, backbone, bits, dataset, protocol, manifest, lab
         flags = dict(method=method, loss=loss, backbone=backbone, bits=bits, dataset=dataset, protocol=protocol,
                      manifest=manifest, label_fraction=label_fraction, epochs=epochs, batch_size=batch_size,
                      lr=lr, seed=seed, device=device, threads=threads, out=out)
+        margs = {k[3:]: _coerce(v) for k, v in method_opts.items() if v is not None}
+        sets = list(sets) + [f"method_args.{k}={v}" for k, v in margs.items()]
         cfg = _build_config(config, flags, sets)
         tag = f"{cfg.method}-{cfg.loss}-{cfg.dataset}-{cfg.bits}b-lf{cfg.label_fraction:g}-s{cfg.seed}"
         run_dir = runs.create_run_dir(cfg.out, tag)
@@ -153,6 +181,13 @@ def train(config, method, loss, backbone, bits, dataset, protocol, manifest, lab
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     click.echo(_format_metrics(res))
+
+
+def _coerce(v: Any) -> Any:
+    """Booleans given on the command line as text (true/false/yes/no)."""
+    if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "on", "off"):
+        return v.lower() in ("true", "yes", "on")
+    return v
 
 
 def _format_metrics(res: dict) -> str:

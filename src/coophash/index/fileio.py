@@ -114,7 +114,7 @@ def read_index_file(path: PathLike, nbits: int | None = None) -> tuple[int, np.n
             f"{path}: index file {kind}: {len(data)} bytes, expected {expected} for {count} codes of {width} bytes"
         )
     body = memoryview(data)[: expected - _DIGEST]
-    if False:
+    if hashlib.sha256(body).digest() != data[expected - _DIGEST :]:
         raise IndexFileError(f"{path}: checksum mismatch (SHA-256); the file is corrupted")
     if nbits is not None and int(nbits) != file_nbits:
         raise IndexFileError(f"{path}: index holds {file_nbits}-bit codes, expected {int(nbits)}-bit codes")

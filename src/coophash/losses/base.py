@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
+from coophash.nets.output import HashOutput  # the one output record, shared with the networks
+
 __all__ = [
     "HashOutput",
     "LossOutput",
@@ -30,25 +32,6 @@ __all__ = [
     "connected_zero",
     "upper_pairs",
 ]
-
-
-@dataclass
-class HashOutput:
-    """What a hashing network returns: trunk features, hash pre-activation, ``u = tanh(pre)``, class logits."""
-
-    features: Optional[Tensor]
-    pre: Tensor
-    u: Tensor
-    logits: Optional[Tensor] = None
-
-    def select(self, index: Tensor) -> "HashOutput":
-        """The rows ``index`` (bool mask or integer index) of every field."""
-        return HashOutput(
-            features=None if self.features is None else self.features[index],
-            pre=self.pre[index],
-            u=self.u[index],
-            logits=None if self.logits is None else self.logits[index],
-        )
 
 
 @dataclass

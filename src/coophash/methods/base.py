@@ -5,6 +5,7 @@ trainer its phase list and encodes images with the network used at test time.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -33,11 +34,15 @@ class Method:
 
     name: str = "base"
     uses_unlabeled: bool = False  # whether phases read the unlabeled part of the batch
+    # A dataclass of the method's own hyperparameters (read from ``cfg.method_args``); the CLI turns each
+    # field into a ``--field-name`` option of ``coophash train``, documented by ``field(metadata={"help": ..})``.
+    Args: Optional[type] = None
 
     def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device) -> None:
         self.cfg = cfg
         self.info = info
         self.device = device
+        self.args = parse_method_args(type(self), cfg.method_args)
 
     # -- what the trainer calls -------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
@@ -103,6 +108,19 @@ def create_method(cfg: TrainConfig, info: DataInfo, device: torch.device) -> Met
 def list_methods() -> list[str]:
     """Registered method names."""
     return sorted(METHODS)
+
+
+def parse_method_args(cls: type[Method], values: dict[str, Any]) -> Any:
+    """Build ``cls.Args`` from ``values``; unknown names raise ValueError listing the known ones."""
+    if cls.Args is None:
+        if values:
+            raise ValueError(f"method {cls.name!r} takes no method_args, got {sorted(values)}")
+        return None
+    known = {f.name for f in dataclasses.fields(cls.Args)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"method {cls.name!r}: unknown method_args {unknown}; known: {sorted(known)}")
+    return cls.Args(**values)
 
 
 def optional(x: Optional[Any], default: Any) -> Any:
