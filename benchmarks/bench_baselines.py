@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--bits", type=_ints, default=[32, 16, 64])
     ap.add_argument("--fractions", type=_floats, default=[1.0, 0.1, 0.02])
     ap.add_argument("--seeds", type=_ints, default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/baselines")
     ap.add_argument("--doc", default="docs/baselines.md")

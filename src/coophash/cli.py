@@ -373,6 +373,7 @@ def search(index_file, codes, images, run, k, radius, limit, as_json, root, devi
     except (IndexFileError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     q_labels = None
+    q_scores = None  # out-of-distribution score per query (methods with a density, e.g. CoopHash's energy)
     names: list[str]
     if codes:
         try:
@@ -389,6 +390,8 @@ def search(index_file, codes, images, run, k, radius, limit, as_json, root, devi
         x = _read_images(images, method.info.image_size, method.info.channels)
         with torch.no_grad():
             q = pack_bits(binarize(method.encode(x.to(method.device)).float().cpu()).numpy())
+            ood = method.ood_score(x.to(method.device))
+        q_scores = None if ood is None else ood.float().cpu().numpy()
         names = list(images)
     else:
         _fail("give --codes or --images")
@@ -416,12 +419,16 @@ def search(index_file, codes, images, run, k, radius, limit, as_json, root, devi
         entry = {"query": names[qi], "hits": hits}
         if q_labels is not None:
             entry["labels"] = np.flatnonzero(q_labels[qi]).tolist()
+        if q_scores is not None:
+            entry["ood_score"] = float(q_scores[qi])
         results.append(entry)
     if as_json:
         click.echo(json.dumps(results, indent=1))
         return
     for e in results:
         head = f"query {e['query']}" + (f" labels={e['labels']}" if "labels" in e else "")
+        if "ood_score" in e:
+            head += f" ood_score={e['ood_score']:.4f}"
         click.echo(head)
         for h in e["hits"]:
             lab = f" labels={h['labels']}" if "labels" in h else ""
@@ -438,6 +445,11 @@ def demo(epochs, out, quick) -> None:
     from coophash.demo import run_demo
 
     run_demo(epochs=epochs, out=out, quick=quick, echo=click.echo, train_fn=run_training)
+
+
+# Commands of the generative methods live in their own modules; importing them adds them to `cli`.
+from coophash import cli_coophash as _cli_coophash  # noqa: E402,F401
+from coophash import cli_fakereg as _cli_fakereg  # noqa: E402,F401
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

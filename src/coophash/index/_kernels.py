@@ -363,9 +363,9 @@ if HAVE_NUMBA:
         Table ``t`` indexes bits ``starts[t] .. starts[t]+lens[t]`` of every code: ``keys[t]`` holds the
         substrings sorted, ``perm[t]`` the matching positions, ``offs[t]`` bucket offsets over the top bits
         (``key >> shifts[t]``) and ``tcodes[t]`` the codes themselves in that order (word-major), so the
-        candidates of a bucket are verified from contiguous memory.  A code within ``r`` is within ``s = r // m`` of the query on at least one
-        of the ``m`` substrings (pigeonhole), so probing every substring value within ``s`` (XOR with
-        ``masks[t, :nmasks[t]]``) finds it.  A candidate met in table ``t`` is skipped when an earlier
+        candidates of a bucket are verified from contiguous memory.  A code within ``r`` is within
+        ``s = r // m`` of the query on at least one of the ``m`` substrings (pigeonhole), so probing every
+        substring value within ``s`` (XOR with ``masks[t, :nmasks[t]]``) finds it.  A candidate met in table ``t`` is skipped when an earlier
         table also matches it within ``s`` (it was met there), so no "seen" array is needed.
         """
         W = tcodes.shape[1]

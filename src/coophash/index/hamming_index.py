@@ -395,16 +395,19 @@ class HammingIndex:
             index = faiss.downcast_IndexBinary(index.index)
         if not isinstance(index, faiss.IndexBinaryFlat):
             raise TypeError(
-                f"from_faiss supports IndexBinaryFlat and IndexBinaryIDMap(IndexBinaryFlat), got {type(index).__name__}"
+                "from_faiss supports IndexBinaryFlat and IndexBinaryIDMap(IndexBinaryFlat), "
+                f"got {type(index).__name__}"
             )
         d = int(index.d)
         nb = int(nbits) if nbits is not None else d
         if n_bytes(nb) != index.code_size:
-            raise ValueError(f"nbits={nb} needs {n_bytes(nb)} bytes per code but the FAISS index has {index.code_size}")
+            raise ValueError(
+                f"nbits={nb} needs {n_bytes(nb)} bytes per code but the FAISS index has {index.code_size}"
+            )
         n = int(index.ntotal)
-        codes = faiss.vector_to_array(index.xb).astype(np.uint8).reshape(n, index.code_size) if n else np.zeros(
-            (0, index.code_size), dtype=np.uint8
-        )
+        codes = np.zeros((0, index.code_size), dtype=np.uint8)
+        if n:
+            codes = faiss.vector_to_array(index.xb).astype(np.uint8).reshape(n, index.code_size)
         out = cls(nb, backend=backend, n_threads=n_threads)
         out.add(codes, ids)
         return out

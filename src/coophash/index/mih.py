@@ -213,6 +213,7 @@ def query_numpy(
     nq = q.shape[0]
     lims = np.zeros(nq + 1, dtype=np.int64)
     all_q, all_d, all_p = [], [], []
+    batch = max(1, min(batch, (1 << 20) // max(1, int(nmasks.max()))))  # bound the probe array's memory
     for b0 in range(0, nq, batch):
         qb = q[b0 : b0 + batch].T  # (W, nb)
         nb = qb.shape[1]

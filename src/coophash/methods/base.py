@@ -72,6 +72,10 @@ class Method:
         """Continuous hash outputs u in (-1, 1) for a batch; the code is 1[u >= 0]."""
         raise NotImplementedError
 
+    def ood_score(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Per-image out-of-distribution score (higher = more unusual), or None if the method has none."""
+        return None
+
     def encoder(self) -> nn.Module:
         """The test-time network (trunk + hash head)."""
         raise NotImplementedError
