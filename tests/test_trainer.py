@@ -1,7 +1,6 @@
 """The shared trainer: a killed run resumes to the same result; selection uses validation; run folder."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file

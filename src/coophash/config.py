@@ -35,7 +35,7 @@ class TrainConfig:
     protocol_args: dict = field(default_factory=dict)
     manifest: Optional[str] = None  # an existing manifest file instead of making one
     label_fraction: float = 1.0
-    epochs: int = 15
+    epochs: int = 10
     batch_size: int = 64
     unlabeled_batch_size: int = 0  # > 0 only for methods that use unlabeled images
     lr: float = 1e-3

@@ -22,15 +22,16 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 
+from coophash.utils.io import atomic_write_bytes
+
 from ..codes import n_bytes
 
-__all__ = ["IndexFileError", "MAGIC", "FORMAT_VERSION", "write_index_file", "read_index_file"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "IndexFileError", "read_index_file", "write_index_file"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -54,33 +55,14 @@ def write_index_file(path: PathLike, nbits: int, codes: np.ndarray, ids: np.ndar
         raise ValueError(f"codes shape {codes.shape} does not match {ids_le.shape[0]} ids of width {width}")
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, int(nbits), width, int(ids_le.shape[0]))
     digest = hashlib.sha256()
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for block in (header, memoryview(codes).cast("B"), memoryview(ids_le).cast("B")):
-                digest.update(block)
-                f.write(block)
-            f.write(digest.digest())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable where the platform allows it
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+
+    def blocks():
+        for block in (header, memoryview(codes).cast("B"), memoryview(ids_le).cast("B")):
+            digest.update(block)
+            yield block
+        yield digest.digest()
+
+    atomic_write_bytes(path, blocks())
 
 
 def read_index_file(path: PathLike, nbits: int | None = None) -> tuple[int, np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Union
 
@@ -17,8 +18,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 _DEFAULT_MODE = 0o644
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename); returns the path.
+def atomic_write_bytes(path: PathLike, data: bytes | Iterable[bytes]) -> Path:
+    """Write ``data`` (bytes, or an iterable of byte blocks streamed in order) to ``path`` atomically.
+
+    Temp file + fsync + rename; returns the path.
 
     Missing parent folders are created. A new file gets mode 0o644; an existing file keeps its mode.
     """
@@ -31,7 +34,11 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                handle.write(data)
+            else:
+                for block in data:
+                    handle.write(block)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)

@@ -1,0 +1,196 @@
+"""CoopHash's multipurpose descriptor: one bottom-up trunk (no batch norm) with four heads.
+
+Heads (DESIGN.md §1): density ``f_θ(x)`` (a scalar; ``p_θ(x) ∝ exp(f_θ(x))·N(x; 0, s²I)``), hash
+``u = tanh(W_h φ(x))``, latent ``q_θ(z|x) = N(μ(x), diag σ²(x))`` and category logits.
+
+The latent head is its own submodule (:attr:`MultipurposeDescriptor.latent_head`) because it is trained in
+the generator's phase on the ELBO, never in the descriptor's; it reads *detached* trunk features so the
+generator phase sends no gradient into the trunk.  The density head may have its own hidden layer and its
+gradient into the shared trunk can be scaled down (``grad_scale``) without changing its value or its
+gradient with respect to the input image (Langevin revision always uses the unscaled energy).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from coophash.nets.heads import CategoryHead, HashHead
+from coophash.nets.output import HashOutput
+from coophash.nets.registry import create_backbone
+
+__all__ = ["MultipurposeDescriptor", "DescriptorOutput", "LatentHead", "DensityHead", "scale_grad", "log_p_y_given_x"]
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity in the forward pass; multiplies the incoming gradient by ``scale`` in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        """Return ``x`` unchanged (a view-free copy is not needed)."""
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        """Scale the gradient."""
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: Tensor, scale: float) -> Tensor:
+    """``x`` with its backward gradient multiplied by ``scale`` (identity when ``scale == 1``)."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return _ScaleGrad.apply(x, float(scale))
+
+
+def log_p_y_given_x(logits: Tensor, y: Tensor, multi_label: bool) -> Tensor:
+    """Per-row ``log p(y|x)``: softmax over classes (single-label, mean over the row's labels) or Bernoulli."""
+    if multi_label:
+        return -F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(dim=1)
+    logp = F.log_softmax(logits, dim=1)
+    return (logp * y).sum(dim=1) / y.sum(dim=1).clamp_min(1.0)
+
+
+class DensityHead(nn.Module):
+    """Scalar density ``f_θ`` from trunk features: linear, or with its own hidden layer (``hidden > 0``)."""
+
+    def __init__(self, in_features: int, hidden: int = 0, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        if hidden > 0:
+            self.net: nn.Module = nn.Sequential(
+                nn.Linear(in_features, hidden), nn.LeakyReLU(negative_slope), nn.Linear(hidden, 1)
+            )
+        else:
+            self.net = nn.Linear(in_features, 1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Return ``f_θ`` of shape (N,)."""
+        return self.net(features).squeeze(1)
+
+
+class LatentHead(nn.Module):
+    """The inference head ``q(z|x) = N(μ, diag σ²)``: returns ``(μ, log σ)`` of shape (N, d) each."""
+
+    def __init__(self, in_features: int, latent_dim: int, hidden: int = 256, max_log_sigma: float = 2.0) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.max_log_sigma = max_log_sigma
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 2 * latent_dim))
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``(μ, log σ)``; ``log σ`` is clamped to ``[-max, max]`` for numerical safety."""
+        mu, log_sigma = self.net(features).chunk(2, dim=1)
+        return mu, log_sigma.clamp(-self.max_log_sigma * 3, self.max_log_sigma)
+
+
+@dataclass
+class DescriptorOutput:
+    """Everything the descriptor says about a batch: features, hash pre/u, class logits and density f."""
+
+    features: Tensor
+    pre: Tensor
+    u: Tensor
+    logits: Tensor
+    f: Tensor
+
+    def hash_output(self, rows: Optional[slice | Tensor] = None) -> HashOutput:
+        """The hashing part as a :class:`HashOutput` (optionally only ``rows``), for the supervised losses."""
+        out = HashOutput(features=self.features, pre=self.pre, u=self.u, logits=self.logits)
+        return out if rows is None else out.select(rows)
+
+
+class MultipurposeDescriptor(nn.Module):
+    """Trunk φ (a registered backbone, default ``smallconv-nobn``) + density, hash, latent and category heads."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        nbits: int,
+        n_classes: int,
+        latent_dim: int = 64,
+        backbone: str = "smallconv-nobn",
+        multi_label: bool = False,
+        density_hidden: int = 0,
+        spectral_norm: bool = False,
+        **backbone_kw: object,
+    ) -> None:
+        super().__init__()
+        if backbone == "smallconv-nobn" or backbone.startswith("smallconv"):
+            backbone_kw.setdefault("spectral_norm", spectral_norm)
+        self.trunk = create_backbone(backbone, in_channels=in_channels, image_size=image_size, **backbone_kw)
+        if any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in self.trunk.modules()):
+            raise ValueError(
+                f"backbone {backbone!r} has batch norm; the CoopHash descriptor needs a trunk without it "
+                "(use smallconv-nobn)"
+            )
+        nf = int(getattr(self.trunk, "num_features"))
+        self.num_features = nf
+        self.nbits = nbits
+        self.n_classes = n_classes
+        self.multi_label = multi_label
+        self.density_head = DensityHead(nf, density_hidden)
+        self.hash_head = HashHead(nf, nbits)
+        self.category_head = CategoryHead(nf, n_classes)
+        self.latent_head = LatentHead(nf, latent_dim)
+
+    def descriptor_modules(self) -> list[nn.Module]:
+        """The parts trained in the descriptor step (everything but the latent head)."""
+        return [self.trunk, self.density_head, self.hash_head, self.category_head]
+
+    def forward(self, x: Tensor, density_grad_scale: float = 1.0) -> DescriptorOutput:
+        """All heads but the latent one; ``density_grad_scale`` scales the density gradient into the trunk."""
+        feats = self.trunk(x)
+        pre = self.hash_head(feats)
+        return DescriptorOutput(
+            features=feats,
+            pre=pre,
+            u=torch.tanh(pre),
+            logits=self.category_head(feats),
+            f=self.density_head(scale_grad(feats, density_grad_scale)),
+        )
+
+    def density(self, x: Tensor) -> Tensor:
+        """``f_θ(x)`` of shape (N,) (higher = more probable)."""
+        return self.density_head(self.trunk(x))
+
+    def energy(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """The revision target ``f_θ(x) + log p_θ(y|x)`` (label-aware) or ``f_θ(x)`` when ``y`` is None."""
+        feats = self.trunk(x)
+        f = self.density_head(feats)
+        if y is None:
+            return f
+        return f + log_p_y_given_x(self.category_head(feats), y, self.multi_label)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Continuous hash outputs ``u`` in (-1, 1); the code is ``1[u >= 0]``."""
+        return torch.tanh(self.hash_head(self.trunk(x)))
+
+    def infer_latent(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``(μ, log σ)`` of ``q(z|x)`` from (detached) trunk features."""
+        return self.latent_head(features.detach())
+
+
+class DescriptorEncoder(nn.Module):
+    """The test-time network: trunk + hash head of a descriptor, returning a :class:`HashOutput`."""
+
+    def __init__(self, descriptor: MultipurposeDescriptor) -> None:
+        super().__init__()
+        self.descriptor = descriptor
+
+    def forward(self, x: Tensor) -> HashOutput:
+        """Images -> HashOutput(features, pre, u, logits)."""
+        d = self.descriptor
+        feats = d.trunk(x)
+        pre = d.hash_head(feats)
+        return HashOutput(features=feats, pre=pre, u=torch.tanh(pre), logits=d.category_head(feats))
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Continuous codes u."""
+        return self.descriptor.encode(x)
