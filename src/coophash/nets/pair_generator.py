@@ -93,8 +93,7 @@ class PairGenerator(nn.Module):
             s0 //= 2
             n_up += 1
         self.s0 = s0
-        widths = [max(16, width * 2 ** max(0, n_up - 1 - i)) for i in range(n_up)] if n_up else [width]
-        self.w0 = widths[0] if n_up else width
+        self.w0 = min(256, width * 2 ** max(0, n_up - 1))
         self.embed = nn.Linear(n_classes, embed_dim)
         self.fc = nn.Linear(latent_dim + embed_dim, self.w0 * s0 * s0)
         self.act = nn.LeakyReLU(negative_slope)
@@ -102,7 +101,7 @@ class PairGenerator(nn.Module):
         self.label_bias = nn.ModuleList()
         ch = self.w0
         for i in range(n_up):
-            out = widths[min(i + 1, len(widths) - 1)] if i + 1 < n_up else max(16, width // 2)
+            out = max(16, self.w0 // 2 ** (i + 1))
             self.convs.append(nn.Conv2d(ch, out, 3, padding=1))
             self.label_bias.append(nn.Linear(n_classes, out, bias=False))
             ch = out
