@@ -115,3 +115,18 @@ def test_bad_arguments_give_clear_errors(trained, tmp_path):
     assert runner.invoke(cli, ["index", str(db), "--out", str(tmp_path / "i.chidx")]).exit_code == 0
     r = runner.invoke(cli, ["search", str(tmp_path / "i.chidx"), "--codes", str(tmp_path / "q32.codes")])
     assert r.exit_code != 0 and "expected 16" in r.output
+
+
+def test_resume_extends_a_finished_run(tmp_path):
+    runner = CliRunner()
+    common = ["--out", str(tmp_path), "--quiet"]
+    r = runner.invoke(cli, ["train", "--dataset", "digits", "--bits", "8", "--epochs", "1", *common,
+                            "--set", "protocol_args.query_per_class=10", "--set", "protocol_args.val_per_class=10"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["train", "--resume", "0", "--epochs", "2", *common])
+    assert r.exit_code == 0, r.output
+    run = next(p for p in tmp_path.iterdir() if p.is_dir())
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines if "epoch" in x and not x.get("final")] == [1, 2]
+    r = runner.invoke(cli, ["train", "--resume", "7", *common])
+    assert r.exit_code != 0

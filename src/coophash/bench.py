@@ -2,21 +2,30 @@
 
 A rerun after a kill skips every cached result and continues with the rest; a run killed mid-training
 resumes from its last checkpoint (its run folder is kept under ``<out>/runs/<key>``).
+
+A result holds the query-split metrics of the best checkpoint (``map@all``, ``precision@r2``, every other
+scalar under ``metrics`` and the ``pr_curve``) and, under ``extra``, what the optional ``extra_evals``
+callbacks computed from the trained model right after training (out-of-distribution scores, retrieval on
+another dataset, ...), so that no run folder has to be kept for later evaluations.  A cached result that
+lacks an extra evaluation now asked for is trained again (training is seeded, so it gives the same model).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from coophash.config import TrainConfig
 from coophash.train.trainer import Trainer
 from coophash.utils.io import atomic_write_text
 
 __all__ = ["config_key", "run_grid", "load_results", "aggregate", "format_table"]
+
+log = logging.getLogger(__name__)
 
 
 def config_key(cfg: TrainConfig) -> str:
@@ -28,27 +37,43 @@ def config_key(cfg: TrainConfig) -> str:
     return f"{cfg.method}-{cfg.loss}-{cfg.bits}b-lf{cfg.label_fraction:g}-s{cfg.seed}-{digest}"
 
 
+ExtraEval = Callable[[Trainer], dict]
+
+
 def run_grid(
     configs: Iterable[TrainConfig],
     out: str | Path,
     on_done: Optional[Callable[[TrainConfig, dict, bool], None]] = None,
     keep_runs: bool = False,
+    extra_evals: Optional[Callable[[TrainConfig], Mapping[str, ExtraEval]]] = None,
+    on_start: Optional[Callable[[TrainConfig, Trainer], None]] = None,
 ) -> list[dict]:
-    """Train and evaluate every config not yet cached in ``out/results``; return all results."""
+    """Train and evaluate every config not yet cached in ``out/results``; return all results.
+
+    ``extra_evals(cfg)`` names evaluations ``fn(trainer) -> dict`` run on the best checkpoint right after
+    training and stored under ``result["extra"][name]``; ``on_start(cfg, trainer)`` is called before a
+    config trains (e.g. to attach a progress callback), ``on_done(cfg, result, cached)`` after each config.
+    """
     out = Path(out)
     (out / "results").mkdir(parents=True, exist_ok=True)
     results = []
     for cfg in configs:
         key = config_key(cfg)
         path = out / "results" / f"{key}.json"
+        extras = dict(extra_evals(cfg)) if extra_evals else {}
         if path.exists():
             rec = json.loads(path.read_text())
-            results.append(rec)
-            if on_done:
-                on_done(cfg, rec, True)
-            continue
+            missing = sorted(set(extras) - set(rec.get("extra", {})))
+            if not missing:
+                results.append(rec)
+                if on_done:
+                    on_done(cfg, rec, True)
+                continue
+            log.warning("%s: cached result lacks %s; training it again", path, ", ".join(missing))
         run_dir = out / "runs" / key
         trainer = Trainer(cfg, run_dir)
+        if on_start:
+            on_start(cfg, trainer)
         res = trainer.fit(resume=(run_dir / "last.safetensors").exists())
         epoch_secs = _epoch_seconds(run_dir)
         rec = {
@@ -59,9 +84,19 @@ def run_grid(
             "best_val_map": res["best_val_map"],
             "best_epoch": res["best_epoch"],
             "seconds_per_epoch": epoch_secs,
+            "epoch_seconds": _epoch_seconds_list(run_dir),
             "steps_per_epoch": trainer.schedule.steps_per_epoch,
+            "metrics": {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            "pr_curve": res.get("pr_curve"),
         }
-        atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True) + "\n")
+        if extras:
+            trainer.method.train(False)
+            try:
+                rec["extra"] = {name: fn(trainer) for name, fn in sorted(extras.items())}
+            finally:
+                trainer.method.train(True)
+        atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True,
+                                           default=_json_default) + "\n")
         if not keep_runs:
             shutil.rmtree(run_dir, ignore_errors=True)
         results.append(rec)
@@ -70,11 +105,27 @@ def run_grid(
     return results
 
 
-def _epoch_seconds(run_dir: Path) -> float:
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays as plain JSON values."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _epoch_seconds_list(run_dir: Path) -> list[float]:
+    """Training seconds of every epoch of a run (from its metrics.jsonl)."""
     from coophash.train import runs
 
     recs = [r for r in runs.read_metrics(run_dir / runs.METRICS) if "seconds" in r and not r.get("final")]
-    secs = [r["seconds"] for r in recs]
+    return [float(r["seconds"]) for r in recs]
+
+
+def _epoch_seconds(run_dir: Path) -> float:
+    secs = _epoch_seconds_list(run_dir)
     return float(sum(secs) / len(secs)) if secs else float("nan")
 
 

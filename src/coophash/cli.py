@@ -450,6 +450,7 @@ def demo(epochs, out, quick) -> None:
 # Commands of the generative methods live in their own modules; importing them adds them to `cli`.
 from coophash import cli_coophash as _cli_coophash  # noqa: E402,F401
 from coophash import cli_fakereg as _cli_fakereg  # noqa: E402,F401
+from coophash import cli_bench as _cli_bench  # noqa: E402,F401
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -1,0 +1,362 @@
+"""CoopHash: a multipurpose descriptor and a contrastive pair generator learned by variational MCMC teaching.
+
+One training step is three phases of the shared trainer (DESIGN.md §1):
+
+1. ``revise`` (no optimiser): for ``coop_pairs`` real labeled anchors (x, y) draw z and y⁻ (sharing no label
+   with y), generate the contrastive pair ``x̂⁺ = G(z, y)``, ``x̂⁻ = G(z, y⁻)`` (optionally ``G(z', y)``) and
+   revise it by K Langevin steps on the frozen descriptor's label-aware log-density
+   ``f_θ(x) + log p_θ(y|x)`` (:mod:`coophash.methods.langevin`).  Writes ``ctx["coop"]``.
+2. ``descriptor`` (trunk, density, hash and category heads, the base loss):
+   ``L_D = r·w_ebm·([mean f(x̃) − mean f(x_real)] + γ·mean(f(x̃)² + f(x_real)²))
+   + λ_h·(L_base(real labeled) + r·λ_t·triplet(x, x̃⁺, x̃⁻) + r·λ_g·L_base(real ∪ revised))
+   + λ_c·L_cls(real labeled) + λ_q·mean ‖u − (2b − 1)‖²/K``
+   with revised samples as detached inputs and the ramp ``r`` rising from 0 to 1 over ``coop_ramp_epochs``
+   after ``coop_warmup_epochs`` of supervised-only training.  Every training image (labeled or not) enters
+   the density term; only labeled ones enter the hash, category and quantisation terms.
+3. ``generator`` (generator + latent head): the ELBO of the revised samples
+   ``‖x̃ − G(μ + σ·ε, y)‖²/(2σ_g²) + β·KL(q(z|x̃) ‖ N(0, I))``, with ``q`` read from detached trunk features.
+
+Terms whose name starts with ``diag_`` are diagnostics (not part of the total): energy gap, revision
+displacement, the category head's accuracy on generated samples against their conditioning labels, the
+generator's per-pixel reconstruction error.  A NaN or exploding energy raises :class:`TrainingDiverged`
+(the last good checkpoint is left intact).  Test time uses only trunk + hash head; ``ood_score(x) = −f_θ(x)``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from coophash.config import TrainConfig
+from coophash.losses import create_loss
+from coophash.losses.base import LossOutput, signed_code, triplet_loss
+from coophash.methods.base import DataInfo, Method, register_method
+from coophash.methods.langevin import LangevinConfig, LangevinStats, langevin_revise
+from coophash.nets.descriptor import DescriptorEncoder, MultipurposeDescriptor, log_p_y_given_x
+from coophash.nets.pair_generator import PairGenerator
+from coophash.train.phases import Phase, TrainingDiverged
+
+__all__ = ["CoopHash", "CoopHashArgs"]
+
+log = logging.getLogger(__name__)
+
+
+def _h(text: str) -> dict[str, str]:
+    """Field metadata holding the CLI help text."""
+    return {"help": text}
+
+
+@dataclass
+class CoopHashArgs:
+    """Every CoopHash hyperparameter (DESIGN.md §1 plus recipe switches); defaults are ours, see docs/coophash.md."""
+
+    # networks
+    coop_latent_dim: int = field(default=64, metadata=_h("latent dimension d of the generator and q(z|x)"))
+    coop_gen_width: int = field(default=32, metadata=_h("base channel width of the pair generator"))
+    coop_density_hidden: int = field(default=0, metadata=_h("hidden units of the density head's own layer (0: linear)"))
+    coop_spectral_norm: bool = field(default=False, metadata=_h("spectral norm on the descriptor trunk's weights"))
+    coop_s: float = field(default=0.016, metadata=_h("std s of the reference Gaussian N(0, s^2 I) of p_theta (CoopNets form)"))
+    # Langevin revision
+    langevin_form: str = field(default="sgld", metadata=_h("Langevin parameterisation: sgld or coopnets"))
+    langevin_steps: int = field(default=5, metadata=_h("number K of Langevin revision steps"))
+    langevin_step_size: float = field(default=1.0, metadata=_h("SGLD gradient step size alpha"))
+    langevin_noise_std: float = field(default=0.01, metadata=_h("SGLD noise std sigma"))
+    langevin_delta: float = field(default=0.002, metadata=_h("CoopNets step delta"))
+    langevin_noise: bool = field(default=True, metadata=_h("add Langevin noise (false: gradient ascent)"))
+    langevin_label_aware: bool = field(default=True, metadata=_h("revise on f(x) + log p(y|x) (false: on f(x) only)"))
+    # descriptor loss
+    coop_pairs: int = field(default=16, metadata=_h("labeled anchors per step that get a generated contrastive pair"))
+    coop_interval: int = field(default=1, metadata=_h("run revision and the generator step every N steps"))
+    coop_ebm_weight: float = field(default=1.0, metadata=_h("weight of the EBM (density) term"))
+    coop_gamma: float = field(default=0.01, metadata=_h("energy stabiliser gamma on f(x)^2"))
+    coop_density_grad_scale: float = field(default=0.1, metadata=_h("scale of the density term's gradient into the shared trunk"))
+    coop_base_loss: str = field(default="", metadata=_h("supervised hashing loss on real labeled images ('' = --loss)"))
+    coop_hash_weight: float = field(default=1.0, metadata=_h("lambda_h, weight of the hash losses"))
+    coop_triplet_weight: float = field(default=1.0, metadata=_h("lambda_t, weight of the triplet on (real, revised+, revised-)"))
+    coop_triplet_margin: float = field(default=0.25, metadata=_h("triplet margin as a fraction of the code length (in bits)"))
+    coop_cls_weight: float = field(default=1.0, metadata=_h("lambda_c, weight of the category loss on real labeled images"))
+    coop_quant_weight: float = field(default=0.01, metadata=_h("lambda_q, weight of mean ||u - (2b-1)||^2 / K"))
+    coop_gen_hash_weight: float = field(default=0.0, metadata=_h("weight of the base loss on real + revised samples (revised as extra labeled data)"))
+    coop_gate_confidence: float = field(default=0.0, metadata=_h("use a generated pair only if the category head gives its labels at least this probability"))
+    coop_second_positive: bool = field(default=False, metadata=_h("also generate G(z', y) with a fresh z' (a second positive)"))
+    # generator / ELBO
+    coop_sigma_g: float = field(default=0.3, metadata=_h("sigma_g of the generator's Gaussian reconstruction"))
+    coop_beta: float = field(default=2.0, metadata=_h("beta weight of the KL term of the ELBO"))
+    coop_gen_lr: float = field(default=3e-4, metadata=_h("learning rate of the generator and latent head (Adam)"))
+    coop_desc_lr: float = field(default=0.0, metadata=_h("learning rate of the descriptor (0 = --lr)"))
+    coop_gen_real_weight: float = field(default=0.0, metadata=_h("weight of an ELBO term on real labeled images (conditional VAE warm start)"))
+    # schedule / recipe
+    coop_warmup_epochs: float = field(default=1.0, metadata=_h("epochs of supervised-only training before cooperation starts"))
+    coop_ramp_epochs: float = field(default=2.0, metadata=_h("epochs over which the cooperative terms ramp from 0 to full weight"))
+    coop_energy_limit: float = field(default=1000.0, metadata=_h("divergence guard: stop when |mean f| exceeds this"))
+    # ablations
+    coop_no_triplet: bool = field(default=False, metadata=_h("ablation: no triplet on generated pairs"))
+    coop_no_revision: bool = field(default=False, metadata=_h("ablation: no Langevin revision (generator samples used raw)"))
+    coop_no_unlabeled_density: bool = field(default=False, metadata=_h("ablation: unlabeled images left out of the density term"))
+
+    def __post_init__(self) -> None:
+        if self.langevin_form not in ("sgld", "coopnets"):
+            raise ValueError(f"langevin_form must be sgld or coopnets, got {self.langevin_form!r}")
+        if self.coop_pairs < 1:
+            raise ValueError(f"coop_pairs must be >= 1, got {self.coop_pairs}")
+        if self.coop_interval < 1:
+            raise ValueError(f"coop_interval must be >= 1, got {self.coop_interval}")
+        if self.langevin_steps < 0:
+            raise ValueError(f"langevin_steps must be >= 0, got {self.langevin_steps}")
+
+
+class _Clock(nn.Module):
+    """Checkpointed step counter (so warm-up and ramp survive a resume)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+
+@register_method("coophash")
+class CoopHash(Method):
+    """CoopHash (DESIGN.md §1): descriptor + contrastive pair generator, cooperative training."""
+
+    uses_unlabeled = True
+    Args = CoopHashArgs
+
+    def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device) -> None:
+        super().__init__(cfg, info, device)
+        a: CoopHashArgs = self.args
+        backbone = cfg.backbone if cfg.backbone != "smallconv" else "smallconv-nobn"
+        self.desc = MultipurposeDescriptor(
+            info.channels, info.image_size, cfg.bits, info.n_classes, latent_dim=a.coop_latent_dim,
+            backbone=backbone, multi_label=info.multi_label, density_hidden=a.coop_density_hidden,
+            spectral_norm=a.coop_spectral_norm, **cfg.backbone_args,
+        ).to(device)
+        self.gen = PairGenerator(a.coop_latent_dim, info.n_classes, info.channels, info.image_size,
+                                 width=a.coop_gen_width).to(device)
+        loss_name = a.coop_base_loss or cfg.loss
+        self.loss = create_loss(loss_name, cfg.bits, info.n_classes, seed=cfg.seed, multi_label=info.multi_label,
+                                **cfg.loss_args).to(device)
+        self.clock = _Clock().to(device)
+        desc_params = [p for m in self.desc.descriptor_modules() for p in m.parameters()] + list(self.loss.parameters())
+        self.desc_opt = torch.optim.Adam(desc_params, lr=a.coop_desc_lr or cfg.lr, weight_decay=cfg.weight_decay)
+        gen_params = list(self.gen.parameters()) + list(self.desc.latent_head.parameters())
+        self.gen_opt = torch.optim.Adam(gen_params, lr=a.coop_gen_lr, betas=(0.5, 0.999))
+        self.langevin = LangevinConfig(
+            steps=0 if a.coop_no_revision else a.langevin_steps, form=a.langevin_form,
+            step_size=a.langevin_step_size, noise_std=a.langevin_noise_std, delta=a.langevin_delta, s=a.coop_s,
+            noise=a.langevin_noise,
+        )
+        self.steps_per_epoch = max(1, math.ceil(info.n_train / cfg.batch_size))
+        self._encoder = DescriptorEncoder(self.desc)
+        if cfg.unlabeled_batch_size == 0 and cfg.label_fraction < 1.0 and not a.coop_no_unlabeled_density:
+            log.warning("coophash: unlabeled_batch_size is 0, so unlabeled images never reach the density term")
+
+    # -- trainer interface ----------------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        return {"descriptor": self.desc, "generator": self.gen, "loss": self.loss, "clock": self.clock}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"descriptor": self.desc_opt, "generator": self.gen_opt}
+
+    def phases(self) -> list[Phase]:
+        a: CoopHashArgs = self.args
+        return [
+            Phase("revise", self._revise, modules=[], optimizer=None, interval=a.coop_interval),
+            Phase("descriptor", self._descriptor_step, modules=[*self.desc.descriptor_modules(), self.loss],
+                  optimizer=self.desc_opt),
+            Phase("generator", self._generator_step, modules=[self.gen, self.desc.latent_head],
+                  optimizer=self.gen_opt, interval=a.coop_interval),
+        ]
+
+    def on_step(self, global_step: int) -> None:
+        self.clock.step.fill_(global_step + 1)
+        self.loss.on_step()
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.desc.encode(x)
+
+    def encoder(self) -> nn.Module:
+        return self._encoder
+
+    @torch.no_grad()
+    def ood_score(self, x: Tensor) -> Tensor:
+        """Negative label-free density ``−f_θ(x)`` per image: higher = more out-of-distribution."""
+        return -self.desc.density(x)
+
+    # -- schedule -------------------------------------------------------------------------------------
+    def epoch_float(self) -> float:
+        """Training progress in epochs (from the checkpointed step counter)."""
+        return float(self.clock.step) / self.steps_per_epoch
+
+    def ramp(self) -> float:
+        """Weight in [0, 1] of the cooperative terms now (0 during warm-up)."""
+        a: CoopHashArgs = self.args
+        t = self.epoch_float() - a.coop_warmup_epochs
+        if t < 0:
+            return 0.0
+        if a.coop_ramp_epochs <= 0:
+            return 1.0
+        return min(1.0, (t + 1.0 / self.steps_per_epoch) / a.coop_ramp_epochs)
+
+    # -- phases ---------------------------------------------------------------------------------------
+    def _revise(self, ctx: dict[str, Any]) -> Optional[LossOutput]:
+        """Generate contrastive pairs for the first labeled anchors and revise them by Langevin dynamics."""
+        ctx.pop("coop", None)
+        if self.ramp() <= 0.0:
+            return None
+        a: CoopHashArgs = self.args
+        n = min(a.coop_pairs, ctx["x"].shape[0])
+        y = ctx["y"][:n]
+        with torch.no_grad():
+            pairs = self.gen.make_pairs(y, self.info.multi_label, second_positive=a.coop_second_positive)
+        xs = [pairs.x_pos, pairs.x_neg] + ([pairs.x_pos2] if pairs.x_pos2 is not None else [])
+        ys = [pairs.y_pos, pairs.y_neg] + ([pairs.y_pos] if pairs.x_pos2 is not None else [])
+        x_hat = torch.cat(xs).detach()
+        y_cond = torch.cat(ys).to(x_hat.dtype)
+        label = y_cond if a.langevin_label_aware else None
+        x_tilde, stats = langevin_revise(lambda v: self.desc.energy(v, label), x_hat, self.langevin,
+                                         frozen_modules=[self.desc], final_energy=False)
+        self._guard_revision(stats)
+        ctx["coop"] = {"x_hat": x_hat, "x_tilde": x_tilde, "y": y_cond, "n": n, "stats": stats}
+        zero = torch.zeros((), device=x_hat.device)
+        return LossOutput(total=zero, terms={
+            "diag_displacement": torch.tensor(stats.displacement),
+            "diag_grad_norm": torch.tensor(stats.grad_norm),
+            "diag_f_start": torch.tensor(stats.f_start),
+        })
+
+    def _guard_revision(self, stats: LangevinStats) -> None:
+        """Stop with a clear message when revision produced non-finite images or energies."""
+        limit = self.args.coop_energy_limit
+        if not stats.finite or not math.isfinite(stats.f_start) or abs(stats.f_start) > limit:
+            raise TrainingDiverged(
+                f"coophash: Langevin revision diverged at step {int(self.clock.step)} (mean f={stats.f_start:.4g}, "
+                f"finite={stats.finite}, limit {limit:g}); the last good checkpoint is intact; try a smaller "
+                "--langevin-step-size, a larger --coop-gamma or a smaller --lr"
+            )
+
+    def _guard_energy(self, f: Tensor, what: str) -> None:
+        """Stop with a clear message when the descriptor's energy is NaN or exploding."""
+        m = float(f.detach().abs().mean()) if f.numel() else 0.0
+        if not math.isfinite(m) or m > self.args.coop_energy_limit:
+            raise TrainingDiverged(
+                f"coophash: the density f_theta on {what} is {m:.4g} at step {int(self.clock.step)} (limit "
+                f"{self.args.coop_energy_limit:g}); the last good checkpoint is intact; try a larger --coop-gamma "
+                "or a smaller --lr"
+            )
+
+    def _cls_loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Softmax cross-entropy (single-label) or sigmoid BCE (multi-label)."""
+        if self.info.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, y)
+        return F.cross_entropy(logits, y.argmax(dim=1))
+
+    def _descriptor_step(self, ctx: dict[str, Any]) -> LossOutput:
+        """EBM term, stabiliser, supervised hash loss, triplet on revised pairs, category, quantisation."""
+        a: CoopHashArgs = self.args
+        x_lab, y_lab, labeled = ctx["x"], ctx["y"], ctx["labeled"]
+        n_lab = x_lab.shape[0]
+        coop = ctx.get("coop")
+        r = self.ramp() if coop is not None else 0.0
+        use_unlabeled = not a.coop_no_unlabeled_density and coop is not None
+        x_real = ctx["x_all"] if use_unlabeled else x_lab
+        n_real = x_real.shape[0]
+        inputs = [x_real] + ([coop["x_tilde"]] if coop is not None else [])
+        out = self.desc(torch.cat(inputs), density_grad_scale=a.coop_density_grad_scale)
+        u_lab = out.u[:n_lab]
+        hout = out.hash_output(slice(0, n_lab))
+        terms: dict[str, Tensor] = {}
+        base = self.loss(hout, y_lab, labeled)
+        terms["hash"] = a.coop_hash_weight * base.total
+        terms["cls"] = a.coop_cls_weight * self._cls_loss(out.logits[:n_lab], y_lab)
+        terms["quant"] = a.coop_quant_weight * (u_lab - signed_code(u_lab)).pow(2).mean()
+        if coop is not None:
+            f_real = out.f[:n_real]
+            f_gen = out.f[n_real:]
+            self._guard_energy(f_real, "real images")
+            self._guard_energy(f_gen, "revised samples")
+            w = r * a.coop_ebm_weight
+            terms["ebm"] = w * (f_gen.mean() - f_real.mean())
+            terms["stabiliser"] = w * a.coop_gamma * (f_gen.pow(2).mean() + f_real.pow(2).mean())
+            n = coop["n"]
+            u_gen = out.u[n_real:]
+            u_pos, u_neg = u_gen[:n], u_gen[n : 2 * n]
+            logits_gen = out.logits[n_real:]
+            with torch.no_grad():
+                conf = log_p_y_given_x(logits_gen, coop["y"], self.info.multi_label).exp()
+                if self.info.multi_label:
+                    hit = ((logits_gen > 0).float() == coop["y"]).all(dim=1).float()
+                else:
+                    hit = (logits_gen.argmax(dim=1) == coop["y"].argmax(dim=1)).float()
+            gate = torch.ones(n, device=u_gen.device)
+            if a.coop_gate_confidence > 0:
+                gate = ((conf[:n] >= a.coop_gate_confidence) & (conf[n : 2 * n] >= a.coop_gate_confidence)).float()
+            if not a.coop_no_triplet and a.coop_triplet_weight > 0:
+                margin = a.coop_triplet_margin * self.cfg.bits
+                anchors = u_lab[:n]
+                trip = self._gated_triplet(anchors, u_pos, u_neg, margin, gate)
+                if coop["x_tilde"].shape[0] > 2 * n:
+                    trip = trip + self._gated_triplet(anchors, u_gen[2 * n :], u_neg, margin, gate)
+                terms["triplet"] = a.coop_hash_weight * r * a.coop_triplet_weight * trip
+            if a.coop_gen_hash_weight > 0:
+                keep = torch.cat([torch.ones(n_lab, dtype=torch.bool, device=u_gen.device),
+                                  gate.bool().repeat(coop["x_tilde"].shape[0] // n)])
+                aug_out = out.hash_output(slice(0, None)).select(
+                    torch.cat([torch.ones(n_lab, dtype=torch.bool, device=u_gen.device),
+                               torch.zeros(n_real - n_lab, dtype=torch.bool, device=u_gen.device),
+                               torch.ones(u_gen.shape[0], dtype=torch.bool, device=u_gen.device)]))
+                aug_y = torch.cat([y_lab, coop["y"]])
+                terms["gen_hash"] = a.coop_hash_weight * r * a.coop_gen_hash_weight * self.loss(aug_out, aug_y, keep).total
+            coop["features"] = out.features[n_real:].detach()
+            terms["diag_energy_gap"] = (f_real.mean() - f_gen.mean()).detach()
+            terms["diag_f_real"] = f_real.mean().detach()
+            terms["diag_gen_cls_acc"] = hit.mean()
+            terms["diag_gen_conf"] = conf.mean()
+            terms["diag_ramp"] = torch.tensor(r)
+        total = torch.stack([t for k, t in terms.items() if not k.startswith("diag_")]).sum()
+        return LossOutput(total=total, terms=terms)
+
+    @staticmethod
+    def _gated_triplet(anchor: Tensor, pos: Tensor, neg: Tensor, margin: float, gate: Tensor) -> Tensor:
+        """Triplet hinge on relaxed Hamming distances, averaged over gated-in rows (all rows: ``triplet_loss``)."""
+        if bool((gate > 0).all()):
+            return triplet_loss(anchor, pos, neg, margin)
+        k = anchor.shape[1]
+        hinge = torch.relu(0.5 * (k - (anchor * pos).sum(1)) - 0.5 * (k - (anchor * neg).sum(1)) + margin)
+        return (hinge * gate).sum() / gate.sum().clamp_min(1.0)
+
+    def _generator_step(self, ctx: dict[str, Any]) -> Optional[LossOutput]:
+        """ELBO of the revised samples for the generator and the latent head (trunk features detached)."""
+        coop = ctx.get("coop")
+        if coop is None:
+            return None
+        a: CoopHashArgs = self.args
+        x_t, y = coop["x_tilde"], coop["y"]
+        feats = coop.get("features")
+        if feats is None:
+            with torch.no_grad():
+                feats = self.desc.trunk(x_t)
+        terms = self._elbo(x_t, y, feats, "")
+        if a.coop_gen_real_weight > 0:
+            with torch.no_grad():
+                f_real = self.desc.trunk(ctx["x"])
+            real = self._elbo(ctx["x"], ctx["y"], f_real, "real_")
+            terms["real_rec"] = a.coop_gen_real_weight * real["real_rec"]
+            terms["real_kl"] = a.coop_gen_real_weight * real["real_kl"]
+            terms["diag_real_mse"] = real["diag_real_mse"]
+        total = torch.stack([t for k, t in terms.items() if not k.startswith("diag_")]).sum()
+        return LossOutput(total=total, terms=terms)
+
+    def _elbo(self, x: Tensor, y: Tensor, feats: Tensor, prefix: str) -> dict[str, Tensor]:
+        """Reconstruction and β-weighted KL terms of the ELBO of ``x`` (per image, averaged)."""
+        a: CoopHashArgs = self.args
+        mu, log_sigma = self.desc.infer_latent(feats)
+        z = mu + log_sigma.exp() * torch.randn_like(mu)
+        x_rec = self.gen(z, y.to(z.dtype))
+        sq = (x.detach() - x_rec).pow(2).flatten(1)
+        rec = sq.sum(dim=1).mean() / (2 * a.coop_sigma_g**2)
+        kl = 0.5 * (mu.pow(2) + (2 * log_sigma).exp() - 1 - 2 * log_sigma).sum(dim=1).mean()
+        return {f"{prefix}rec": rec, f"{prefix}kl": a.coop_beta * kl, f"diag_{prefix}mse": sq.mean().detach()}

@@ -1,0 +1,140 @@
+"""Samples of a trained CoopHash run: contrastive pairs per class, as tensors and as a PNG grid.
+
+Grid layout (one row per class c): ``per_class`` groups of four tiles, each group from one latent z:
+generated positive ``G(z, e_c)``, its Langevin revision, generated negative ``G(z, y⁻)`` and its revision,
+where ``y⁻`` is a class other than c.  A thin gap separates the groups.  A JSON sidecar names every tile's
+class.  Also: an independent judge of class-faithfulness (a small classifier trained on real labeled
+images only, never on generated ones).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from coophash.methods.langevin import langevin_revise
+from coophash.nets.pair_generator import sample_negative_labels
+
+__all__ = ["sample_pairs", "sample_grid", "save_grid_png", "train_judge", "judge_accuracy"]
+
+
+def sample_pairs(method: Any, y: Tensor, steps: Optional[int] = None) -> dict[str, Tensor]:
+    """Generated and revised contrastive pairs for labels ``y`` (torch's global generator)."""
+    gen, desc = method.gen, method.desc
+    cfg = method.langevin if steps is None else type(method.langevin)(**{**method.langevin.__dict__, "steps": steps})
+    with torch.no_grad():
+        pairs = gen.make_pairs(y, method.info.multi_label)
+    x_hat = torch.cat([pairs.x_pos, pairs.x_neg])
+    y_all = torch.cat([pairs.y_pos, pairs.y_neg])
+    label = y_all if method.args.langevin_label_aware else None
+    x_t, _ = langevin_revise(lambda v: desc.energy(v, label), x_hat, cfg, frozen_modules=[desc], final_energy=False)
+    n = y.shape[0]
+    return {"gen_pos": pairs.x_pos, "rev_pos": x_t[:n], "gen_neg": pairs.x_neg, "rev_neg": x_t[n:],
+            "y_pos": pairs.y_pos, "y_neg": pairs.y_neg}
+
+
+def sample_grid(method: Any, per_class: int = 4, seed: int = 0, steps: Optional[int] = None) -> tuple[np.ndarray, dict]:
+    """An image grid (H, W, C) uint8 of pairs per class and a dict describing each tile."""
+    torch.manual_seed(seed)
+    c = method.info.n_classes
+    dev = method.device
+    y = torch.eye(c, device=dev).repeat_interleave(per_class, dim=0)
+    s = sample_pairs(method, y, steps)
+    tiles = torch.stack([s["gen_pos"], s["rev_pos"], s["gen_neg"], s["rev_neg"]], dim=1)  # (N, 4, C, H, W)
+    tiles = ((tiles.clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
+    n_ch, h, w = tiles.shape[2:]
+    gap = 2
+    cols = per_class * 4
+    grid = np.full((c * (h + 1) + 1, cols * (w + 1) + (per_class - 1) * gap + 1, n_ch), 255, np.uint8)
+    layout: dict[str, Any] = {"rows": [], "tile_order": ["generated+", "revised+", "generated-", "revised-"]}
+    for ci in range(c):
+        row = {"class": ci, "negatives": []}
+        for j in range(per_class):
+            i = ci * per_class + j
+            row["negatives"].append(np.flatnonzero(s["y_neg"][i].cpu().numpy()).tolist())
+            for t in range(4):
+                y0 = ci * (h + 1) + 1
+                x0 = (j * 4 + t) * (w + 1) + j * gap + 1
+                grid[y0 : y0 + h, x0 : x0 + w] = tiles[i, t].transpose(1, 2, 0)
+        layout["rows"].append(row)
+    return grid, layout
+
+
+def save_grid_png(grid: np.ndarray, path: str | Path, scale: int = 3) -> Path:
+    """Write a uint8 grid (H, W, C) as a PNG (nearest-neighbour upscaled ``scale`` times)."""
+    from PIL import Image
+
+    g = grid[..., 0] if grid.shape[2] == 1 else grid
+    img = Image.fromarray(g)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    img.save(p)
+    return p
+
+
+def write_sample(method: Any, path: str | Path, per_class: int = 4, seed: int = 0,
+                 steps: Optional[int] = None) -> tuple[Path, Path]:
+    """Write the PNG grid and its JSON layout sidecar; returns both paths."""
+    grid, layout = sample_grid(method, per_class, seed, steps)
+    png = save_grid_png(grid, path)
+    side = png.with_suffix(".json")
+    side.write_text(json.dumps(layout, indent=1) + "\n")
+    return png, side
+
+
+class _Judge(nn.Module):
+    """A small independent classifier (conv + BN), trained on real labeled images only."""
+
+    def __init__(self, channels: int, n_classes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(), nn.Linear(64 * 16, n_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits."""
+        return self.net(x)
+
+
+def train_judge(images: Tensor, labels: Tensor, epochs: int = 5, seed: int = 0, batch: int = 128) -> nn.Module:
+    """Train the judge on real images with single labels (argmax of multi-hot) and return it in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = _Judge(images.shape[1], labels.shape[1])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    target = labels.argmax(dim=1)
+    for _ in range(epochs):
+        perm = torch.randperm(images.shape[0], generator=g)
+        for s in range(0, len(perm), batch):
+            idx = perm[s : s + batch]
+            loss = F.cross_entropy(model(images[idx]), target[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def judge_accuracy(judge: nn.Module, method: Any, n_per_class: int = 20, seed: int = 0,
+                   steps: Optional[int] = None) -> dict[str, float]:
+    """The judge's accuracy on generated and revised positives/negatives against their conditioning labels."""
+    torch.manual_seed(seed)
+    c = method.info.n_classes
+    y = torch.eye(c, device=method.device).repeat_interleave(n_per_class, dim=0)
+    with torch.enable_grad():
+        s = sample_pairs(method, y, steps)
+    out = {}
+    for key, lab in (("gen_pos", "y_pos"), ("rev_pos", "y_pos"), ("gen_neg", "y_neg"), ("rev_neg", "y_neg")):
+        pred = judge(s[key].cpu()).argmax(dim=1)
+        out[f"judge_acc_{key}"] = float((pred == s[lab].cpu().argmax(dim=1)).float().mean())
+    return out

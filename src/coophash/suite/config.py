@@ -1,0 +1,327 @@
+"""Suite files: named experiment suites in YAML, validated with errors that name the file and the field.
+
+A suite file has these top-level keys (see ``docs/bench.md`` and the shipped ``coophash/suites/*.yaml``):
+
+* ``name`` (str), ``description`` (str, optional);
+* ``defaults``: TrainConfig fields shared by every run (dataset, protocol, backbone, epochs, ...);
+* ``seeds``: list of non-negative integers (each run's seed; the split and labeled subset follow it);
+* ``methods``: list of entries ``{name: <label>, <TrainConfig field>: <value>, ...}``; ``name`` is the row
+  label in every table, the other keys override ``defaults`` (e.g. ``method: supervised, loss: dpsh``);
+* ``experiments``: a mapping from experiment kind (:data:`EXPERIMENTS`) to its settings; kinds left out
+  are not run.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+
+from coophash.config import TrainConfig
+
+__all__ = [
+    "Suite",
+    "MethodSpec",
+    "SuiteError",
+    "EXPERIMENTS",
+    "EXPERIMENT_DEFAULTS",
+    "load_suite",
+    "parse_suite",
+    "shipped_suites",
+    "merge_config",
+]
+
+
+class SuiteError(ValueError):
+    """A suite file is missing, unreadable or inconsistent (the message names the file and field)."""
+
+
+#: Settings of every experiment kind with their defaults (``None``: required or derived).
+EXPERIMENT_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
+    # mAP@all on the query split, per method x bits x label fraction; grids may restrict methods
+    "main": {"grids": [{"bits": [32], "label_fractions": [1.0]}]},
+    # mAP against label fraction (from the main results at ``bits``)
+    "scarcity": {"bits": 32},
+    # train on seen classes, query and retrieve among the unseen ones
+    "unseen": {"bits": 32, "label_fraction": 1.0, "seen_classes": [0, 1, 2, 3, 4, 5, 6], "overrides": {}},
+    # train on the default data, query and retrieve on another dataset resized to the same size
+    "cross_dataset": {"bits": 32, "label_fraction": 1.0, "dataset": "digits", "dataset_args": {},
+                      "protocol": "standard", "protocol_args": {"query_per_class": 50, "val_per_class": 0}},
+    # AUROC of the method's ood_score: in-distribution queries against unseen-class / cross-dataset queries
+    "ood_detection": {"against": ["unseen", "cross_dataset"]},
+    # precision-recall curves and precision within radius 2 (from the main results)
+    "pr": {"bits": 32, "label_fraction": 1.0},
+    # training s/epoch, encoding images/s, search ms/query (HammingIndex against FAISS IndexBinaryFlat)
+    "cost": {"bits": 32, "label_fraction": 1.0,
+             "search": {"bits": [32, 64], "n_database": 1_000_000, "n_queries": 1000, "k": 100, "repeats": 3}},
+    # static HTML page of sample retrievals (top-k per query, correct ones marked)
+    "retrievals": {"bits": 32, "label_fraction": 1.0, "seed": None, "n_queries": 10, "k": 10,
+                   "sections": ["main", "unseen", "cross_dataset"]},
+}
+EXPERIMENTS = tuple(EXPERIMENT_DEFAULTS)
+_TOP_KEYS = ("name", "description", "defaults", "seeds", "methods", "experiments")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_DICT_FIELDS = ("loss_args", "method_args", "backbone_args", "dataset_args", "protocol_args")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of the comparison: a label and the TrainConfig fields that make the method."""
+
+    name: str
+    overrides: Mapping[str, Any]
+
+    @property
+    def method(self) -> str:
+        """The registered method name this entry trains (``overrides['method']``)."""
+        return str(self.overrides["method"])
+
+
+@dataclass
+class Suite:
+    """A validated suite: shared defaults, methods, seeds and experiment settings."""
+
+    name: str
+    source: str
+    defaults: dict[str, Any]
+    seeds: list[int]
+    methods: list[MethodSpec]
+    experiments: dict[str, dict[str, Any]]
+    description: str = ""
+    text: str = field(default="", repr=False)
+
+    def method(self, name: str) -> MethodSpec:
+        """The method entry called ``name``."""
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def config(self, method: MethodSpec, seed: int, **fields: Any) -> TrainConfig:
+        """The TrainConfig of one run: defaults < method entry < experiment ``fields`` (dict fields merged)."""
+        data = merge_config(merge_config(self.defaults, method.overrides), fields)
+        data["seed"] = int(seed)
+        return TrainConfig.from_dict(data, f"{self.source}: method {method.name!r}")
+
+
+def merge_config(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``over``; dict-valued fields (loss_args, protocol_args, ...) are merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        if k in _DICT_FIELDS and isinstance(out.get(k), dict) and isinstance(v, dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def shipped_suites() -> list[str]:
+    """Names of the suites shipped with the package (``coophash/suites/<name>.yaml``)."""
+    folder = resources.files("coophash") / "suites"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """A shipped suite by name (``smoke``, ``paper``) or a suite YAML file by path, validated."""
+    text_name = str(name_or_path)
+    path = Path(text_name)
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in text_name:
+        if not path.is_file():
+            raise SuiteError(f"{path}: suite file not found")
+        return parse_suite(path.read_text(encoding="utf-8"), str(path))
+    if not _NAME.match(text_name):
+        raise SuiteError(f"{text_name!r} is neither a suite file nor a shipped suite ({', '.join(shipped_suites())})")
+    res = resources.files("coophash") / "suites" / f"{text_name}.yaml"
+    if not res.is_file():
+        raise SuiteError(f"no shipped suite {text_name!r}; shipped: {', '.join(shipped_suites())} "
+                         f"(or give the path of a suite YAML file)")
+    return parse_suite(res.read_text(encoding="utf-8"), f"{text_name}.yaml")
+
+
+def _need(ok: bool, source: str, where: str, expected: str, found: Any) -> None:
+    if not ok:
+        raise SuiteError(f"{source}: {where} must be {expected}, found {found!r:.100}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def parse_suite(text: str, source: str = "<suite>") -> Suite:
+    """Parse and validate suite YAML ``text``; errors name ``source`` and the offending field."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"{source}: not valid YAML: {exc}") from exc
+    _need(isinstance(data, dict), source, "the top level", "a mapping", type(data).__name__)
+    unknown = sorted(set(data) - set(_TOP_KEYS))
+    if unknown:
+        raise SuiteError(f"{source}: unknown top-level key(s) {unknown}; known: {list(_TOP_KEYS)}")
+    for key in ("name", "methods", "experiments"):
+        if key not in data:
+            raise SuiteError(f"{source}: missing top-level key {key!r}")
+    name = data["name"]
+    _need(isinstance(name, str) and bool(_NAME.match(name)), source, "name", "a plain name", name)
+    description = data.get("description") or ""
+    _need(isinstance(description, str), source, "description", "a string", description)
+
+    defaults = data.get("defaults") or {}
+    _need(isinstance(defaults, dict), source, "defaults", "a mapping of TrainConfig fields", defaults)
+    _check_fields(defaults, source, "defaults")
+    for fixed in ("seed",):
+        if fixed in defaults:
+            raise SuiteError(f"{source}: defaults.{fixed}: set run seeds with the top-level 'seeds' list")
+
+    seeds = data.get("seeds", [0])
+    _need(isinstance(seeds, list) and bool(seeds) and all(_is_int(s) and s >= 0 for s in seeds),
+          source, "seeds", "a non-empty list of non-negative integers", seeds)
+    _need(len(set(seeds)) == len(seeds), source, "seeds", "a list without repeats", seeds)
+
+    methods_raw = data["methods"]
+    _need(isinstance(methods_raw, list) and bool(methods_raw), source, "methods", "a non-empty list", methods_raw)
+    methods: list[MethodSpec] = []
+    for i, entry in enumerate(methods_raw):
+        where = f"methods[{i}]"
+        _need(isinstance(entry, dict), source, where, "a mapping with 'name' and TrainConfig fields", entry)
+        mname = entry.get("name")
+        _need(isinstance(mname, str) and bool(_NAME.match(mname)), source, f"{where}.name",
+              "a plain name (letters, digits, _ . + -)", mname)
+        if any(m.name == mname for m in methods):
+            raise SuiteError(f"{source}: {where}.name: {mname!r} is used twice")
+        over = {k: v for k, v in entry.items() if k != "name"}
+        _check_fields(over, source, f"{where} ({mname})")
+        for fixed in ("seed", "bits", "label_fraction"):
+            if fixed in over:
+                raise SuiteError(f"{source}: {where}.{fixed}: set by the experiments, not per method")
+        merged = merge_config(defaults, over)
+        merged.setdefault("method", TrainConfig().method)
+        over.setdefault("method", merged["method"])
+        try:
+            TrainConfig.from_dict(merged, f"{source}: {where} ({mname})")
+        except (TypeError, ValueError) as exc:
+            raise SuiteError(str(exc)) from exc
+        methods.append(MethodSpec(mname, dict(over)))
+
+    experiments = _parse_experiments(data["experiments"], source, [m.name for m in methods])
+    return Suite(name=name, source=source, defaults=dict(defaults), seeds=list(seeds), methods=methods,
+                 experiments=experiments, description=description, text=text)
+
+
+def _check_fields(d: Mapping[str, Any], source: str, where: str) -> None:
+    known = set(TrainConfig.fields())
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise SuiteError(f"{source}: {where}: unknown TrainConfig field(s) {unknown}; known: {sorted(known)}")
+
+
+def _parse_experiments(raw: Any, source: str, method_names: list[str]) -> dict[str, dict[str, Any]]:
+    _need(isinstance(raw, dict) and bool(raw), source, "experiments",
+          f"a non-empty mapping of experiment kinds ({', '.join(EXPERIMENTS)})", raw)
+    unknown = sorted(set(raw) - set(EXPERIMENTS))
+    if unknown:
+        raise SuiteError(f"{source}: experiments: unknown kind(s) {unknown}; known: {list(EXPERIMENTS)}")
+    out: dict[str, dict[str, Any]] = {}
+    for kind, settings in raw.items():
+        settings = settings or {}
+        where = f"experiments.{kind}"
+        _need(isinstance(settings, dict), source, where, "a mapping of settings (or empty)", settings)
+        defaults = EXPERIMENT_DEFAULTS[kind]
+        bad = sorted(set(settings) - set(defaults))
+        if bad:
+            raise SuiteError(f"{source}: {where}: unknown setting(s) {bad}; known: {sorted(defaults)}")
+        merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
+        for k, v in settings.items():
+            if isinstance(merged.get(k), dict) and isinstance(v, dict) and k == "search":
+                merged[k] = {**merged[k], **v}
+            else:
+                merged[k] = v
+        _check_experiment(kind, merged, source, where, method_names)
+        out[kind] = merged
+    for kind, needs in (("scarcity", "main"), ("pr", "main")):
+        if kind in out and needs not in out:
+            raise SuiteError(f"{source}: experiments.{kind} reads the results of experiments.{needs}; add it")
+    if "ood_detection" in out:
+        for other in out["ood_detection"]["against"]:
+            if other not in out:
+                raise SuiteError(f"{source}: experiments.ood_detection.against lists {other!r}, "
+                                 f"which needs experiments.{other}")
+    return out
+
+
+def _check_experiment(kind: str, s: dict[str, Any], source: str, where: str, method_names: list[str]) -> None:
+    def bits(value: Any, at: str) -> None:
+        _need(_is_int(value) and value > 0, source, f"{where}.{at}", "a positive integer", value)
+
+    def fraction(value: Any, at: str) -> None:
+        _need(_is_num(value) and 0.0 < float(value) <= 1.0, source, f"{where}.{at}", "a number in (0, 1]", value)
+
+    if kind == "main":
+        grids = s["grids"]
+        _need(isinstance(grids, list) and bool(grids), source, f"{where}.grids", "a non-empty list", grids)
+        for i, g in enumerate(grids):
+            at = f"grids[{i}]"
+            _need(isinstance(g, dict), source, f"{where}.{at}", "a mapping (bits, label_fractions, methods)", g)
+            bad = sorted(set(g) - {"bits", "label_fractions", "methods"})
+            if bad:
+                raise SuiteError(f"{source}: {where}.{at}: unknown key(s) {bad}; known: bits, label_fractions, methods")
+            for key in ("bits", "label_fractions"):
+                _need(isinstance(g.get(key), list) and bool(g.get(key)), source, f"{where}.{at}.{key}",
+                      "a non-empty list", g.get(key))
+            for j, b in enumerate(g["bits"]):
+                bits(b, f"{at}.bits[{j}]")
+            for j, f in enumerate(g["label_fractions"]):
+                fraction(f, f"{at}.label_fractions[{j}]")
+            if "methods" in g:
+                _check_method_list(g["methods"], source, f"{where}.{at}.methods", method_names)
+    if "bits" in s and kind != "main":
+        bits(s["bits"], "bits")
+    if "label_fraction" in s:
+        fraction(s["label_fraction"], "label_fraction")
+    if kind == "unseen":
+        seen = s["seen_classes"]
+        _need(isinstance(seen, list) and bool(seen) and all(_is_int(c) and c >= 0 for c in seen), source,
+              f"{where}.seen_classes", "a non-empty list of class indices", seen)
+        _need(isinstance(s["overrides"], dict), source, f"{where}.overrides", "a mapping of TrainConfig fields",
+              s["overrides"])
+        _check_fields(s["overrides"], source, f"{where}.overrides")
+    if kind == "cross_dataset":
+        _need(isinstance(s["dataset"], str), source, f"{where}.dataset", "a dataset name", s["dataset"])
+        for key in ("dataset_args", "protocol_args"):
+            _need(isinstance(s[key], dict), source, f"{where}.{key}", "a mapping", s[key])
+    if kind == "ood_detection":
+        against = s["against"]
+        _need(isinstance(against, list) and bool(against) and set(against) <= {"unseen", "cross_dataset"}, source,
+              f"{where}.against", "a non-empty list of 'unseen' and/or 'cross_dataset'", against)
+    if kind == "cost":
+        sr = s["search"]
+        _need(isinstance(sr, dict), source, f"{where}.search", "a mapping", sr)
+        bad = sorted(set(sr) - set(EXPERIMENT_DEFAULTS["cost"]["search"]))
+        if bad:
+            raise SuiteError(f"{source}: {where}.search: unknown key(s) {bad}")
+        _need(isinstance(sr["bits"], list) and bool(sr["bits"]), source, f"{where}.search.bits", "a non-empty list",
+              sr["bits"])
+        for j, b in enumerate(sr["bits"]):
+            bits(b, f"search.bits[{j}]")
+        for key in ("n_database", "n_queries", "k", "repeats"):
+            _need(_is_int(sr[key]) and sr[key] > 0, source, f"{where}.search.{key}", "a positive integer", sr[key])
+    if kind == "retrievals":
+        for key in ("n_queries", "k"):
+            _need(_is_int(s[key]) and s[key] > 0, source, f"{where}.{key}", "a positive integer", s[key])
+        _need(s["seed"] is None or (_is_int(s["seed"]) and s["seed"] >= 0), source, f"{where}.seed",
+              "null (the first seed) or a seed", s["seed"])
+        _need(isinstance(s["sections"], list) and set(s["sections"]) <= {"main", "unseen", "cross_dataset"},
+              source, f"{where}.sections", "a list of 'main', 'unseen', 'cross_dataset'", s["sections"])
+
+
+def _check_method_list(value: Any, source: str, where: str, method_names: list[str]) -> None:
+    _need(isinstance(value, list) and bool(value), source, where, "a non-empty list of method names", value)
+    for name in value:
+        if name not in method_names:
+            raise SuiteError(f"{source}: {where}: {name!r} is not a method of this suite ({', '.join(method_names)})")

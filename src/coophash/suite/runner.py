@@ -1,0 +1,143 @@
+"""Run a suite: train every planned config not yet cached, measure search cost, write the report.
+
+Output folder layout::
+
+    <out>/results/<key>.json      one cached result per trained config (coophash.bench.run_grid)
+    <out>/search/*.json           cached search timings of the cost experiment
+    <out>/runs/<key>/             the run folder of a config being trained (removed when it finishes)
+    <out>/report/                 results.json, report.md, *.png, retrievals.html
+
+A rerun after a kill skips the cached results and resumes the interrupted run from its last checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from coophash.bench import run_grid
+from coophash.config import TrainConfig
+from coophash.suite.config import Suite, load_suite
+from coophash.suite.experiments import Plan, PlannedRun, extra_evals_for, plan_suite, search_cost
+from coophash.train.trainer import Trainer
+from coophash.utils.io import atomic_write_text
+
+__all__ = ["SuiteRun", "run_suite", "cached_record"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SuiteRun:
+    """What a suite run produced: the plan, the results per run key, search timings and report files."""
+
+    plan: Plan
+    records: dict[str, dict]
+    search: list[dict]
+    out: Path
+    report_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    trained: int = 0
+    seconds: float = 0.0
+
+
+def cached_record(out: Path, run: PlannedRun) -> Optional[dict]:
+    """The cached result of a planned run if it exists and holds every extra evaluation it needs."""
+    path = Path(out) / "results" / f"{run.key}.json"
+    if not path.exists():
+        return None
+    rec = json.loads(path.read_text())
+    if set(run.extras) - set(rec.get("extra", {})):
+        return None
+    return rec
+
+
+def run_suite(
+    suite: Suite | str | Path,
+    out: Optional[str | Path] = None,
+    seeds: Optional[Sequence[int]] = None,
+    only: Optional[Iterable[str]] = None,
+    device: Optional[str] = None,
+    on_start: Optional[Callable[[TrainConfig, Trainer, int, int], None]] = None,
+    on_done: Optional[Callable[[TrainConfig, dict, bool, int, int], None]] = None,
+    command: str = "",
+    report: bool = True,
+) -> SuiteRun:
+    """Train what the suite (or the experiments in ``only``) needs and write the report from every cached result.
+
+    ``on_start(cfg, trainer, i, n)`` / ``on_done(cfg, result, cached, i, n)`` report progress (i counts
+    from 1 over the ``n`` selected runs).  A method whose name is not registered is skipped with a warning
+    in the report; a registered method that fails raises.
+    """
+    if not isinstance(suite, Suite):
+        suite = load_suite(suite)
+    out = Path(out) if out else Path("bench") / suite.name
+    only = list(only) if only else None
+    if only:
+        from coophash.suite.config import EXPERIMENTS
+
+        bad = [k for k in only if k not in EXPERIMENTS]
+        if bad:
+            raise ValueError(f"--only: unknown experiment kind(s) {bad}; known: {', '.join(EXPERIMENTS)}")
+        missing = [k for k in only if k not in suite.experiments]
+        if missing:
+            raise ValueError(f"--only: suite {suite.name!r} has no experiment(s) {missing}; "
+                             f"it has {', '.join(suite.experiments)}")
+    plan = plan_suite(suite, seeds=seeds, device=device, out=str(out))
+    for s in plan.skipped:
+        log.warning("%s: %s", s["name"], s["reason"])
+    selected = plan.selected(only)
+    n = len(selected)
+    counter = {"i": 0, "trained": 0}
+    t0 = time.perf_counter()
+
+    def started(cfg: TrainConfig, trainer: Trainer) -> None:
+        counter["trained"] += 1
+        if on_start:
+            on_start(cfg, trainer, counter["i"] + 1, n)
+
+    def done(cfg: TrainConfig, rec: dict, cached: bool) -> None:
+        counter["i"] += 1
+        if on_done:
+            on_done(cfg, rec, cached, counter["i"], n)
+
+    out.mkdir(parents=True, exist_ok=True)
+    run_grid([r.cfg for r in selected], out, on_done=done, extra_evals=extra_evals_for(plan), on_start=started)
+    records = {}
+    for r in plan.runs:
+        rec = cached_record(out, r)
+        if rec is not None:
+            records[r.key] = rec
+    search = []
+    if "cost" in suite.experiments and (not only or "cost" in only):
+        search = [_cached_search(out, b, suite.experiments["cost"]["search"])
+                  for b in suite.experiments["cost"]["search"]["bits"]]
+    elif "cost" in suite.experiments:
+        search = [s for b in suite.experiments["cost"]["search"]["bits"]
+                  if (s := _cached_search(out, b, suite.experiments["cost"]["search"], measure=False))]
+    result = SuiteRun(plan=plan, records=records, search=search, out=out, report_dir=out / "report",
+                      trained=counter["trained"], seconds=time.perf_counter() - t0)
+    if report:
+        from coophash.suite.report import write_report
+
+        result.files = write_report(result, command=command)
+    return result
+
+
+def _cached_search(out: Path, bits: int, settings: dict[str, Any], measure: bool = True) -> Optional[dict]:
+    """Search timings for one code length, measured once and cached under ``out/search``."""
+    args = {"bits": int(bits), "n_database": settings["n_database"], "n_queries": settings["n_queries"],
+            "k": settings["k"], "repeats": settings["repeats"]}
+    digest = hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()[:10]
+    path = out / "search" / f"search-{bits}b-{digest}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    if not measure:
+        return None
+    res = search_cost(**args)
+    atomic_write_text(path, json.dumps(res, indent=1, sort_keys=True) + "\n")
+    return res

@@ -1,0 +1,323 @@
+"""CoopHash: descriptor heads, contrastive pairs, cooperative training through the trainer, guard, CLI, OOD."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from coophash.cli import cli
+from coophash.config import TrainConfig
+from coophash.methods.base import DataInfo, create_method
+from coophash.nets.descriptor import MultipurposeDescriptor, scale_grad
+from coophash.nets.pair_generator import PairGenerator, sample_negative_labels, shares_label
+from coophash.train import runs
+from coophash.train.phases import TrainingDiverged
+from coophash.train.trainer import Trainer, prepare_data
+
+# -- descriptor -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [8, 28, 64])
+def test_descriptor_heads_shapes(channels, size):
+    torch.manual_seed(0)
+    d = MultipurposeDescriptor(channels, size, nbits=24, n_classes=7, latent_dim=12)
+    x = torch.rand(5, channels, size, size) * 2 - 1
+    out = d(x)
+    assert out.f.shape == (5,) and out.u.shape == (5, 24) and out.logits.shape == (5, 7)
+    assert out.pre.shape == (5, 24) and float(out.u.abs().max()) < 1
+    mu, log_sigma = d.infer_latent(out.features)
+    assert mu.shape == (5, 12) and log_sigma.shape == (5, 12)
+    torch.testing.assert_close(d.encode(x), out.u)
+    torch.testing.assert_close(d.density(x), out.f)
+    y = torch.eye(7)[torch.tensor([0, 1, 2, 3, 4])]
+    e = d.energy(x, y)
+    assert e.shape == (5,) and torch.all(e < out.f)  # log p(y|x) < 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+
+
+def test_descriptor_multi_label_energy_and_bn_refused():
+    torch.manual_seed(0)
+    d = MultipurposeDescriptor(3, 32, nbits=16, n_classes=5, multi_label=True)
+    y = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 1, 1, 0]], dtype=torch.float32)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    logits = d(x).logits
+    expect = d.density(x) - torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(1)
+    torch.testing.assert_close(d.energy(x, y), expect)
+    with pytest.raises(ValueError, match="batch norm"):
+        MultipurposeDescriptor(1, 28, nbits=16, n_classes=10, backbone="smallconv")
+
+
+def test_scale_grad_scales_only_the_gradient():
+    x = torch.ones(3, requires_grad=True)
+    y = scale_grad(x, 0.1)
+    assert torch.equal(y, x.detach())
+    (y * 2).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full((3,), 0.2))
+
+
+def test_latent_head_reads_detached_features():
+    torch.manual_seed(0)
+    d = MultipurposeDescriptor(1, 8, nbits=8, n_classes=3, latent_dim=4)
+    feats = d.trunk(torch.rand(2, 1, 8, 8))
+    mu, ls = d.infer_latent(feats)
+    (mu.sum() + ls.sum()).backward()
+    assert all(p.grad is None for p in d.trunk.parameters())
+    assert all(p.grad is not None for p in d.latent_head.parameters())
+
+
+# -- generator and pairs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels,size", [(1, 8), (1, 28), (3, 32), (3, 64)])
+def test_generator_shapes_and_range(channels, size):
+    torch.manual_seed(0)
+    g = PairGenerator(16, 10, channels, size, width=16)
+    x = g(torch.randn(3, 16), torch.eye(10)[:3])
+    assert x.shape == (3, channels, size, size)
+    assert float(x.abs().max()) <= 1
+
+
+def test_single_label_pairs_share_z_and_never_share_a_label():
+    torch.manual_seed(0)
+    g = PairGenerator(8, 10, 1, 8, width=16)
+    y = torch.eye(10)[torch.arange(200) % 10]
+    z = torch.randn(200, 8)
+    p = g.make_pairs(y, multi_label=False, z=z, second_positive=True)
+    assert torch.equal(p.z, z) and torch.equal(p.y_pos, y)
+    assert not bool(shares_label(p.y_pos, p.y_neg).any())
+    assert torch.all(p.y_neg.sum(1) == 1)
+    assert len(set(p.y_neg.argmax(1).tolist())) == 10  # every class gets drawn as a negative
+    with torch.no_grad():
+        torch.testing.assert_close(p.x_pos, g(z, y))
+        torch.testing.assert_close(p.x_neg, g(z, p.y_neg))  # same z, other labels
+        torch.testing.assert_close(p.x_pos2, g(p.z2, y))
+    assert not torch.equal(p.z2, z)
+
+
+def test_multi_label_negatives_share_no_label():
+    torch.manual_seed(1)
+    y = (torch.rand(300, 6) < 0.3).float()
+    y[y.sum(1) == 0, 0] = 1.0
+    y[0] = torch.tensor([1, 1, 1, 1, 1, 0.0])  # only class 5 is left for row 0
+    neg = sample_negative_labels(y, multi_label=True)
+    assert neg.shape == y.shape and torch.all(neg.sum(1) >= 1)
+    assert not bool(shares_label(y, neg).any())
+    assert torch.equal(neg[0], torch.tensor([0, 0, 0, 0, 0, 1.0]))
+    with pytest.raises(ValueError, match="every class"):
+        sample_negative_labels(torch.ones(2, 4), multi_label=True)
+    g = PairGenerator(8, 6, 3, 16, width=16)
+    with pytest.raises(ValueError, match="shares a label"):
+        g.make_pairs(y[:2], multi_label=True, y_neg=y[:2])
+
+
+# -- training through the shared trainer ------------------------------------------------------------------
+
+TERMS = ["descriptor/hash", "descriptor/cls", "descriptor/quant", "descriptor/ebm", "descriptor/stabiliser",
+         "descriptor/triplet", "descriptor/gen_hash", "generator/rec", "generator/kl", "revise/diag_displacement",
+         "descriptor/diag_energy_gap", "descriptor/diag_gen_cls_acc", "generator/diag_mse"]
+
+
+def coop_cfg(tmp_path, **method_args):
+    args = dict(coop_warmup_epochs=0.3, coop_ramp_epochs=0.5, coop_pairs=8, langevin_steps=3, coop_gen_width=16,
+                coop_latent_dim=16, coop_gen_hash_weight=0.5)
+    args.update(method_args)
+    return TrainConfig.from_dict(dict(
+        method="coophash", dataset="digits", protocol_args={"query_per_class": 10, "val_per_class": 10},
+        bits=16, epochs=2, batch_size=32, unlabeled_batch_size=16, checkpoint_every=5, label_fraction=0.3,
+        loss="dpsh", out=str(tmp_path), seed=3, method_args=args,
+    ))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coop")
+    cfg = coop_cfg(root, coop_second_positive=True)
+    ds, mf = prepare_data(cfg)
+    run = root / "00000-coophash"
+    res = Trainer(cfg, run, ds, mf).fit()
+    return root, run, res, cfg, ds, mf
+
+
+def test_every_loss_term_is_logged(trained):
+    _root, run, res, _cfg, _ds, _mf = trained
+    recs = [r for r in runs.read_metrics(run / runs.METRICS) if "epoch" in r and not r.get("final")]
+    assert len(recs) == 2
+    last = recs[-1]
+    for t in TERMS:
+        assert t in last and np.isfinite(last[t]), t
+    assert last["revise/diag_displacement"] > 0
+    assert 0.0 <= res["map@all"] <= 1.0
+    # warm-up: the first epoch starts supervised-only, so the ramp is below 1 there and 1 at the end
+    assert recs[0]["descriptor/diag_ramp"] < 1.0 and recs[1]["descriptor/diag_ramp"] == 1.0
+
+
+def test_phases_train_disjoint_parameter_sets(trained):
+    _root, run, _res, cfg, ds, mf = trained
+    tr = Trainer(cfg, run.parent / "probe", ds, mf)
+    m = tr.method
+    phases = {p.name: p for p in m.phases()}
+    ids = {n: {id(q) for q in p.params()} for n, p in phases.items()}
+    assert ids["revise"] == set()
+    assert not ids["descriptor"] & ids["generator"]
+    latent = {id(q) for q in m.desc.latent_head.parameters()}
+    assert latent <= ids["generator"] and not latent & ids["descriptor"]
+    # a generator step sends no gradient into the descriptor trunk or heads
+    m.clock.step.fill_(10 ** 6)
+    lab, unl = tr.schedule.epoch(0)
+    ctx = tr._batch(lab[0], unl[0])
+    tr._step(ctx, 0)
+    for p in m.desc.trunk.parameters():
+        p.grad = None
+    own = ids["generator"]
+    for mod in m.modules().values():
+        for q in mod.parameters():
+            q.requires_grad_(id(q) in own)
+    out = phases["generator"].fn(ctx)
+    out.total.backward()
+    assert all(q.grad is None for q in m.desc.trunk.parameters())
+    assert any(q.grad is not None for q in m.gen.parameters())
+
+
+def test_ood_score_is_one_finite_value_per_image(trained):
+    from coophash.api import load_run
+
+    _root, run, _res, _cfg, ds, _mf = trained
+    _cfg2, method = load_run(run)
+    x = ds.images(np.arange(7))
+    s = method.ood_score(x)
+    assert s.shape == (7,) and torch.isfinite(s).all()
+    with torch.no_grad():
+        torch.testing.assert_close(s, -method.desc.density(x))
+    noise = torch.rand(7, *x.shape[1:]) * 2 - 1
+    assert method.ood_score(noise).shape == (7,)
+
+
+def test_sample_command_writes_a_png(trained, tmp_path):
+    _root, run, _res, _cfg, _ds, _mf = trained
+    out = tmp_path / "grid.png"
+    r = CliRunner().invoke(cli, ["sample", str(run), "--out", str(out), "--per-class", "2"])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    layout = json.loads(out.with_suffix(".json").read_text())
+    assert len(layout["rows"]) == 10
+    for row in layout["rows"]:
+        assert all(row["class"] not in neg for neg in row["negatives"])
+    from PIL import Image
+
+    img = Image.open(out)
+    assert img.height == 3 * (10 * 9 + 1)  # 10 classes of 8 px + 1 px lines, scaled 3x
+
+
+def test_sample_refuses_other_methods(tmp_path):
+    root = tmp_path / "runs"
+    r = CliRunner().invoke(cli, [
+        "train", "--dataset", "digits", "--loss", "dpsh", "--bits", "8", "--epochs", "1", "--batch-size", "64",
+        "--out", str(root), "--quiet", "--set", "protocol_args.query_per_class=10",
+        "--set", "protocol_args.val_per_class=10",
+    ])
+    assert r.exit_code == 0, r.output
+    run = next(p for p in root.iterdir() if p.is_dir())
+    r = CliRunner().invoke(cli, ["sample", str(run)])
+    assert r.exit_code != 0 and "needs coophash" in r.output
+
+
+def test_train_help_lists_every_hyperparameter():
+    import dataclasses
+
+    from coophash.methods.coophash import CoopHashArgs
+
+    r = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200)
+    assert r.exit_code == 0
+    for f in dataclasses.fields(CoopHashArgs):
+        assert "--" + f.name.replace("_", "-") in r.output, f.name
+        assert f.metadata.get("help")
+
+
+def test_cli_trains_coophash_with_options(tmp_path):
+    r = CliRunner().invoke(cli, [
+        "train", "--method", "coophash", "--dataset", "digits", "--bits", "8", "--epochs", "1", "--batch-size", "64",
+        "--label-fraction", "0.5", "--out", str(tmp_path), "--quiet", "--langevin-steps", "2", "--coop-pairs", "4",
+        "--coop-warmup-epochs", "0", "--coop-gen-width", "16", "--langevin-label-aware", "false",
+        "--set", "protocol_args.query_per_class=10", "--set", "protocol_args.val_per_class=10",
+        "--set", "unlabeled_batch_size=16",
+    ])
+    assert r.exit_code == 0, r.output
+    run = next(p for p in tmp_path.iterdir() if p.is_dir())
+    cfg = runs.read_config(run / runs.CONFIG)
+    assert cfg["method_args"]["langevin_steps"] == 2 and cfg["method_args"]["langevin_label_aware"] is False
+
+
+# -- divergence guard and resume -------------------------------------------------------------------------
+
+
+class Killed(Exception):
+    pass
+
+
+def test_nan_energy_stops_with_last_checkpoint_intact(tmp_path):
+    cfg = coop_cfg(tmp_path)
+    ds, mf = prepare_data(cfg)
+    run = tmp_path / "nan"
+    tr = Trainer(cfg, run, ds, mf)
+    spe = tr.schedule.steps_per_epoch
+
+    def poison(info):
+        if info.global_step == spe + 5:  # a checkpoint step (checkpoint_every=5 divides spe + 5)
+            snapshot["bytes"] = (run / runs.LAST).read_bytes()
+            with torch.no_grad():
+                for p in tr.method.desc.density_head.parameters():
+                    p.fill_(float("nan"))
+
+    snapshot = {}
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        tr.fit(step_callback=poison)
+    assert (run / runs.LAST).read_bytes() == snapshot["bytes"]  # nothing written after the poison
+    w = load_file(str(run / runs.LAST))
+    for k, v in w.items():
+        if k.startswith("module/") and v.is_floating_point():
+            assert torch.isfinite(v).all(), k
+    # resuming from it trains on (the poison is gone)
+    res = Trainer(cfg, run, ds, mf).fit(resume=True)
+    assert np.isfinite(res["map@all"])
+
+
+def test_exploding_energy_stops_the_run(tmp_path):
+    cfg = coop_cfg(tmp_path, coop_energy_limit=1e-9, coop_warmup_epochs=0.0)
+    ds, mf = prepare_data(cfg)
+    with pytest.raises(TrainingDiverged, match="coophash"):
+        Trainer(cfg, tmp_path / "boom", ds, mf).fit()
+
+
+def test_killed_run_resumes_bit_identically(tmp_path):
+    cfg = coop_cfg(tmp_path)
+    ds, mf = prepare_data(cfg)
+    full = tmp_path / "full"
+    res_full = Trainer(cfg, full, ds, mf).fit()
+    killed = tmp_path / "killed"
+    spe = Trainer(cfg, tmp_path / "probe", ds, mf).schedule.steps_per_epoch
+    kill_at = spe + 7
+
+    def bomb(info):
+        if info.global_step == kill_at:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        Trainer(cfg, killed, ds, mf).fit(step_callback=bomb)
+    res_res = Trainer(cfg, killed, ds, mf).fit(resume=True)
+    a, b = load_file(str(full / runs.LAST)), load_file(str(killed / runs.LAST))
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.startswith("module/"):
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert res_full["map@all"] == res_res["map@all"]
+
+
+def test_unknown_or_bad_args_are_refused():
+    info = DataInfo(n_classes=10, channels=1, image_size=8, n_train=100)
+    with pytest.raises(ValueError, match="unknown method_args"):
+        create_method(TrainConfig(method="coophash", method_args={"langevin_stepz": 3}), info, torch.device("cpu"))
+    with pytest.raises(ValueError, match="langevin_form"):
+        create_method(TrainConfig(method="coophash", method_args={"langevin_form": "hmc"}), info, torch.device("cpu"))
