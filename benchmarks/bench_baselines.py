@@ -16,10 +16,12 @@ whatever the label fraction), best epoch by validation mAP@all, reported on the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (DESIGN.md §6)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from coophash.bench import aggregate, format_table, load_results, run_grid  # noqa: E402

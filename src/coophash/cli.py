@@ -1,8 +1,14 @@
 """The ``coophash`` command-line tool: train, eval, encode, index, search, list, demo."""
 from __future__ import annotations
 
-import json
-import sys
+import os
+
+# OpenMP threads that spin while waiting slow every step badly when the cores are shared (DESIGN.md §6);
+# set before torch (and its OpenMP runtime) is imported. An explicit user setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import json  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
