@@ -41,6 +41,7 @@ RECIPE: dict[str, Any] = {}
 BASE_LOSS = "dpsh"
 VARIANTS: dict[str, dict[str, Any]] = {
     "coophash": {},
+    "cooperation off (same descriptor and losses, supervised terms only)": {"coop_warmup_epochs": 1000.0},
     "no triplet on generated pairs": {"coop_no_triplet": True},
     "no Langevin revision (raw generator samples)": {"coop_no_revision": True},
     "no unlabeled images in the density term": {"coop_no_unlabeled_density": True},
@@ -65,20 +66,23 @@ def ref_cfg(lf: float, seed: int, threads: Optional[int]) -> TrainConfig:
 def configs(args: argparse.Namespace) -> Iterator[TrainConfig]:
     """The grid, most important first: 2% and 10% at seed 0, references, ablations, K sweep, more seeds."""
     t = args.threads
+    off = VARIANTS["cooperation off (same descriptor and losses, supervised terms only)"]
     yield coop_cfg(0.02, 0, t)
-    yield ref_cfg(0.02, 0, t)
     yield coop_cfg(0.1, 0, t)
-    yield ref_cfg(0.1, 0, t)
-    for name in list(VARIANTS)[1:4]:
+    yield coop_cfg(0.02, 0, t, **off)
+    yield coop_cfg(0.1, 0, t, **off)
+    for name in list(VARIANTS)[2:5]:
         yield coop_cfg(args.ablation_fraction, 0, t, **VARIANTS[name])
     yield coop_cfg(1.0, 0, t)
-    yield ref_cfg(1.0, 0, t)
-    for name in list(VARIANTS)[4:]:
+    yield coop_cfg(1.0, 0, t, **off)
+    for name in list(VARIANTS)[5:]:
         yield coop_cfg(args.ablation_fraction, 0, t, **VARIANTS[name])
+    yield ref_cfg(0.02, 0, t)
+    yield ref_cfg(1.0, 0, t)
     for seed in (1, 2):
         for lf in (0.02, 0.1, 1.0):
             yield coop_cfg(lf, seed, t)
-            yield ref_cfg(lf, seed, t)
+            yield coop_cfg(lf, seed, t, **off)
 
 
 # -- the document -----------------------------------------------------------------------------------------
@@ -164,6 +168,9 @@ def write_doc(out: Path, baselines: Path, doc: Path, command: str, ablation_lf: 
     lines.append("| best baseline (smallconv with BN, docs/baselines.md) | " + " | ".join(row_best) + " |")
     lines.append(f"| {BASE_LOSS} on smallconv-nobn (CoopHash's trunk, no cooperation) | "
                  + " | ".join(_fmt(vals("ref", lf)) for lf in lfs) + " |")
+    off = "cooperation off (same descriptor and losses, supervised terms only)"
+    lines.append("| CoopHash descriptor, cooperation off (DPSH + category + quantisation on smallconv-nobn) | "
+                 + " | ".join(_fmt(vals(off, lf)) for lf in lfs) + " |")
     lines.append("| **CoopHash** | " + " | ".join(_fmt(vals("coophash", lf)) for lf in lfs) + " |")
     lines += ["", "| labels | CoopHash vs best baseline (means) |", "|---|---|"]
     for lf in lfs:
@@ -179,6 +186,8 @@ def write_doc(out: Path, baselines: Path, doc: Path, command: str, ablation_lf: 
               "| variant | mAP@all | s/epoch | × baseline epoch (same trunk) |", "|---|---|---|---|"]
     for name in VARIANTS:
         v = vals(name, ablation_lf)
+        if not v:
+            continue
         secs = _stats(vals(name, ablation_lf, "seconds_per_epoch"))[0]
         ratio = secs / ref_secs if ref_secs and not math.isnan(secs) else float("nan")
         label = name if name != "coophash" else f"CoopHash (K = {RECIPE.get('langevin_steps', 5)})"
@@ -186,6 +195,15 @@ def write_doc(out: Path, baselines: Path, doc: Path, command: str, ablation_lf: 
     lines += ["", f"Baseline epoch with the same trunk ({BASE_LOSS}, smallconv-nobn, measured in the same runs): "
               f"{ref_secs:.1f} s. Seconds per epoch are training steps only (validation excluded), on a 2-core "
               "machine shared with other jobs, so ratios are the meaningful numbers.", ""]
+    timing = out / "timing.json"
+    if timing.exists():
+        tj = json.loads(timing.read_text())
+        lines += ["### Cost per training step, interleaved in one process (`--timing`)", "",
+                  "| network | s/step | × baseline step | s/epoch (63 steps) |", "|---|---|---|---|"]
+        for row in tj["rows"]:
+            lines.append(f"| {row['name']} | {row['s_per_step']:.3f} | {row['ratio']:.1f}× | "
+                         f"{row['s_per_step'] * tj['steps_per_epoch']:.1f} |")
+        lines.append("")
     # diagnostics of the main run at the ablation fraction, seed 0
     main = [r for r in by.get(("coophash", ablation_lf), []) if r["config"]["seed"] == 0]
     if main and main[0].get("diagnostics"):
@@ -228,6 +246,45 @@ def _diagnostics(run_dir: Path) -> list[dict]:
     return out
 
 
+def time_ratio(args: argparse.Namespace, rounds: int = 6, steps: int = 3) -> dict[str, Any]:
+    """Seconds per training step of CoopHash (K = 5/10/15) and of the same-trunk baseline, interleaved.
+
+    Timed in one process, alternating short bursts of steps, so load from other jobs hits every variant alike;
+    the cooperative phases are forced on (past warm-up).  Returns medians and ratios to the baseline.
+    """
+    import statistics
+
+    from coophash.train.trainer import Trainer
+
+    cfgs = {"baseline (dpsh, smallconv-nobn)": ref_cfg(0.02, 0, args.threads)}
+    for k in (5, 10, 15):
+        cfgs[f"CoopHash K = {k}"] = coop_cfg(0.02, 0, args.threads, langevin_steps=k)
+    trainers, sched, times = {}, {}, {name: [] for name in cfgs}
+    tmp = Path(args.out) / "timing"
+    for name, cfg in cfgs.items():
+        tr = Trainer(cfg, tmp / name.replace(" ", "_"))
+        if cfg.method == "coophash":
+            tr.method.clock.step.fill_(10**6)
+        trainers[name] = tr
+        sched[name] = tr.schedule.epoch(0)
+    step = 0
+    for r in range(rounds + 1):
+        for name, tr in trainers.items():
+            lab, unl = sched[name]
+            t = time.perf_counter()
+            for s in range(steps):
+                tr._step(tr._batch(lab[step + s], unl[step + s]), 10**6 + step + s)
+            if r > 0:  # round 0 warms up
+                times[name].append((time.perf_counter() - t) / steps)
+        step += steps
+    base = statistics.median(times["baseline (dpsh, smallconv-nobn)"])
+    out = {"steps_per_epoch": trainers["CoopHash K = 5"].schedule.steps_per_epoch, "rows": []}
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        out["rows"].append({"name": name, "s_per_step": med, "ratio": med / base})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results/coophash")
@@ -237,12 +294,23 @@ def main() -> None:
     ap.add_argument("--ablation-fraction", type=float, default=0.02)
     ap.add_argument("--shard", default="0/1", help="i/n: run every n-th config starting at i")
     ap.add_argument("--doc-only", action="store_true")
+    ap.add_argument("--timing", action="store_true", help="only the interleaved cost measurement")
     args = ap.parse_args()
     out, doc = Path(args.out), Path(args.doc)
     command = "python benchmarks/bench_coophash.py"
     if args.doc_only:
         write_doc(out, Path(args.baselines), doc, command, args.ablation_fraction)
         print(doc.read_text())
+        return
+    if args.timing:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        res = time_ratio(args)
+        (out / "timing.json").parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "timing.json", json.dumps(res, indent=1) + "\n")
+        print(json.dumps(res, indent=1))
+        write_doc(out, Path(args.baselines), doc, command, args.ablation_fraction)
         return
     i, n = (int(v) for v in args.shard.split("/"))
     t0 = time.time()

@@ -50,6 +50,15 @@ def test_descriptor_multi_label_energy_and_bn_refused():
         MultipurposeDescriptor(1, 28, nbits=16, n_classes=10, backbone="smallconv")
 
 
+def test_kaiming_init_keeps_hash_outputs_away_from_zero():
+    x = torch.rand(32, 1, 28, 28) * 2 - 1
+    scales = {}
+    for init in ("default", "kaiming"):
+        torch.manual_seed(0)
+        scales[init] = float(MultipurposeDescriptor(1, 28, 16, 10, init=init).encode(x).abs().mean())
+    assert scales["kaiming"] > 3 * scales["default"]
+
+
 def test_scale_grad_scales_only_the_gradient():
     x = torch.ones(3, requires_grad=True)
     y = scale_grad(x, 0.1)
@@ -116,7 +125,8 @@ def test_multi_label_negatives_share_no_label():
 # -- training through the shared trainer ------------------------------------------------------------------
 
 TERMS = ["descriptor/hash", "descriptor/cls", "descriptor/quant", "descriptor/ebm", "descriptor/stabiliser",
-         "descriptor/triplet", "descriptor/gen_hash", "generator/rec", "generator/kl", "revise/diag_displacement",
+         "descriptor/triplet", "descriptor/gen_hash", "generator/rec", "generator/kl", "generator/rec_known",
+         "generator/real_rec", "generator/real_kl", "revise/diag_displacement",
          "descriptor/diag_energy_gap", "descriptor/diag_gen_cls_acc", "generator/diag_mse"]
 
 
@@ -134,7 +144,7 @@ def coop_cfg(tmp_path, **method_args):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("coop")
-    cfg = coop_cfg(root, coop_second_positive=True)
+    cfg = coop_cfg(root, coop_second_positive=True, coop_gen_target="both", coop_gen_real_weight=0.5)
     ds, mf = prepare_data(cfg)
     run = root / "00000-coophash"
     res = Trainer(cfg, run, ds, mf).fit()

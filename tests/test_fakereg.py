@@ -16,7 +16,13 @@ from coophash.losses.entropy import (
     bit_entropy_loss,
     class_entropy_loss,
 )
-from coophash.methods.gan import FAKES_FILE, LOSSES_FILE, SAMPLES_FILE, gan_config, train_gan
+from coophash.methods.gan import (
+    FAKES_FILE,
+    LOSSES_FILE,
+    SAMPLES_FILE,
+    gan_config,
+    train_gan,
+)
 from coophash.nets.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_levels
 from coophash.nets.output import HashOutput
 from coophash.train import runs
@@ -132,7 +138,8 @@ def test_dcgan_shapes(size, channels, conditional):
     g = DCGANGenerator(latent_dim=16, channels=channels, image_size=size, width=8, n_classes=n_cls)
     d = DCGANDiscriminator(channels=channels, image_size=size, width=8, n_classes=n_cls)
     y = torch.eye(10)[[0, 3, 9]] if conditional else None
-    x = g(torch.randn(3, 16), y)
+    with torch.no_grad():
+        x = g(torch.randn(3, 16), y)
     assert x.shape == (3, channels, size, size)
     assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
     logit = d(x, y)
@@ -184,8 +191,8 @@ def test_fakes_roundtrip_and_errors(tmp_path):
 
 # ------------------------------------------------------------------------------------------ GAN stage
 def _base_cfg(tmp_path, **kw):
-    d = dict(dataset="digits", protocol_args=TINY_PROTOCOL, bits=16, epochs=1, batch_size=64, seed=3,
-             label_fraction=0.5, out=str(tmp_path), checkpoint_every=1000)
+    d = {"dataset": "digits", "protocol_args": TINY_PROTOCOL, "bits": 16, "epochs": 1, "batch_size": 64, "seed": 3,
+         "label_fraction": 0.5, "out": str(tmp_path), "checkpoint_every": 1000}
     d.update(kw)
     return TrainConfig.from_dict(d)
 
@@ -262,7 +269,7 @@ def test_stage2_with_fakes_file(gan_run, tmp_path):
     cfg = _stage2_cfg(tmp_path, res.fakes, fake_weight=0.5)
     out = Trainer(cfg, tmp_path / "s2").fit()
     assert 0.0 <= out["map@all"] <= 1.0
-    rec = [r for r in runs.read_metrics(tmp_path / "s2" / runs.METRICS) if r.get("epoch") == 1][0]
+    rec = next(r for r in runs.read_metrics(tmp_path / "s2" / runs.METRICS) if r.get("epoch") == 1)
     assert rec["hash/fake_maxent"] < 0 and rec["hash/fake_maxent"] >= 0.5 * -math.log(2) - 1e-6
     assert 0.0 < rec["fakereg/fake_bit_entropy"] <= math.log(2) + 1e-6
 
@@ -312,7 +319,7 @@ def test_classes_entropy_option_trains(gan_run, tmp_path):
     cfg = _stage2_cfg(tmp_path, res.fakes, fake_entropy="classes", fake_weight=0.5)
     out = Trainer(cfg, tmp_path / "cls").fit()
     assert 0.0 <= out["map@all"] <= 1.0
-    rec = [r for r in runs.read_metrics(tmp_path / "cls" / runs.METRICS) if r.get("epoch") == 1][0]
+    rec = next(r for r in runs.read_metrics(tmp_path / "cls" / runs.METRICS) if r.get("epoch") == 1)
     assert rec["hash/cls"] > 0 and rec["hash/fake_maxent"] >= 0.5 * -math.log(10) - 1e-6
 
 

@@ -1,7 +1,6 @@
 """``coophash bench SUITE``: run a named experiment suite resumably and write its report (added to `coophash`)."""
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
@@ -55,12 +54,14 @@ def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional
     seed_list = _int_list(seeds, "--seeds")
     only_list = [x.strip() for x in only.split(",") if x.strip()] if only else None
     command = "coophash bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "bench" else [suite])
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     if dry_run:
-        plan = plan_suite(s, seeds=seed_list, device=device, out=str(out_dir))
+        plan = plan_suite(s, seeds=seed_list, device=device, out=str(out_dir),
+                          lookup=lambda r: cached_record(out_dir, r))
         for sk in plan.skipped:
             click.echo(f"SKIPPED {sk['name']}: {sk['reason']}", err=True)
+        for p in plan.pending:
+            click.echo(f"PENDING {p}", err=True)
         sel = plan.selected(only_list)
         n_cached = 0
         for r in sel:
@@ -87,6 +88,8 @@ def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional
 
         def progress(epoch: int, step: int, values: dict[str, float]) -> None:
             bar.n = epoch * spe + step
+            if step == spe:
+                bar.set_postfix_str("evaluating", refresh=False)
             bar.refresh()
 
         trainer.progress = progress

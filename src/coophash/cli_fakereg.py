@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -57,11 +57,11 @@ _echo_gan_progress()
 @click.option("--resume", "resume", help="Continue a killed GAN run (number, name or folder).")
 @click.option("--set", "sets", multiple=True, help="Override any config field: KEY=VALUE or FIELD.KEY=VALUE.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def gan(dataset: Optional[str], image_size: Optional[int], channels: Optional[int], protocol: Optional[str],
-        manifest: Optional[str], label_fraction: Optional[float], seed: Optional[int], epochs: int,
-        batch_size: Optional[int], bits: Optional[int], latent_dim: Optional[int], width: Optional[int],
-        conditional: bool, lr: Optional[float], n_fakes: Optional[int], fakes_dtype: Optional[str],
-        device: Optional[str], threads: Optional[int], out: Optional[str], resume: Optional[str],
+def gan(dataset: str | None, image_size: int | None, channels: int | None, protocol: str | None,
+        manifest: str | None, label_fraction: float | None, seed: int | None, epochs: int,
+        batch_size: int | None, bits: int | None, latent_dim: int | None, width: int | None,
+        conditional: bool, lr: float | None, n_fakes: int | None, fakes_dtype: str | None,
+        device: str | None, threads: int | None, out: str | None, resume: str | None,
         sets: tuple[str, ...], quiet: bool) -> None:
     """Stage 1 of fake-image regularised hashing: train a DCGAN, write fakes, a sample grid and loss curves.
 
@@ -81,9 +81,11 @@ def gan(dataset: Optional[str], image_size: Optional[int], channels: Optional[in
         if gcfg.method != "gan":
             _fail(f"{run_dir} is a {gcfg.method!r} run, not a GAN run")
     else:
-        flags: dict[str, Any] = dict(dataset=dataset, image_size=image_size, channels=channels, protocol=protocol,
-                                     manifest=manifest, label_fraction=label_fraction, seed=seed,
-                                     batch_size=batch_size, bits=bits, device=device, threads=threads, out=out)
+        flags: dict[str, Any] = {
+            "dataset": dataset, "image_size": image_size, "channels": channels, "protocol": protocol,
+            "manifest": manifest, "label_fraction": label_fraction, "seed": seed, "batch_size": batch_size,
+            "bits": bits, "device": device, "threads": threads, "out": out,
+        }
         base = _build_config(None, flags, sets)
         gargs = dict(base.method_args)
         for key, value in (("gan_latent_dim", latent_dim), ("gan_width", width), ("gan_lr", lr),

@@ -14,9 +14,9 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -28,20 +28,20 @@ from coophash.utils.io import atomic_write_bytes
 __all__ = [
     "FAKES_FORMAT",
     "FAKES_VERSION",
-    "FakesError",
     "Fakes",
-    "save_fakes",
-    "load_fakes",
-    "read_fakes_meta",
-    "to_uint8",
+    "FakesError",
     "from_uint8",
-    "save_image_grid",
+    "load_fakes",
     "plot_loss_curves",
+    "read_fakes_meta",
+    "save_fakes",
+    "save_image_grid",
+    "to_uint8",
 ]
 
 FAKES_FORMAT = "coophash-fakes"
 FAKES_VERSION = 1
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 class FakesError(ValueError):
@@ -53,9 +53,9 @@ class Fakes:
     """Fake images as stored (``uint8`` or ``float16``), their optional labels and the file's metadata."""
 
     images: Tensor
-    labels: Optional[Tensor]
+    labels: Tensor | None
     meta: dict[str, str] = field(default_factory=dict)
-    path: Optional[Path] = None
+    path: Path | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -66,7 +66,7 @@ class Fakes:
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
 
-    def batch(self, index: Tensor, device: Optional[torch.device] = None) -> Tensor:
+    def batch(self, index: Tensor, device: torch.device | None = None) -> Tensor:
         """Float32 images in [-1, 1] at ``index``."""
         x = self.images[index.to(self.images.device)]
         x = from_uint8(x) if x.dtype == torch.uint8 else x.float()
@@ -90,11 +90,11 @@ def from_uint8(x: Tensor) -> Tensor:
 def save_fakes(
     path: PathLike,
     images: Tensor,
-    labels: Optional[Tensor] = None,
+    labels: Tensor | None = None,
     *,
     source: str = "",
     dtype: str = "uint8",
-    extra_meta: Optional[Mapping[str, object]] = None,
+    extra_meta: Mapping[str, object] | None = None,
 ) -> Path:
     """Write fake images (N, C, H, W) in [-1, 1] (+ optional multi-hot labels) to ``path`` atomically."""
     if images.dim() != 4:
@@ -146,9 +146,9 @@ def read_fakes_meta(path: PathLike) -> dict[str, str]:
 
 def load_fakes(
     path: PathLike,
-    channels: Optional[int] = None,
-    image_size: Optional[int] = None,
-    n_classes: Optional[int] = None,
+    channels: int | None = None,
+    image_size: int | None = None,
+    n_classes: int | None = None,
 ) -> Fakes:
     """Read a fakes file; with ``channels``/``image_size`` given, a mismatch raises :class:`FakesError`."""
     p = Path(path)
@@ -199,7 +199,7 @@ def _png_bytes(fig) -> bytes:  # type: ignore[no-untyped-def]
     return buf.getvalue()
 
 
-def save_image_grid(images: Tensor, path: PathLike, nrow: Optional[int] = None, pad: int = 2,
+def save_image_grid(images: Tensor, path: PathLike, nrow: int | None = None, pad: int = 2,
                     scale: int = 2) -> Path:
     """Write images (N, C, H, W) in [-1, 1] as one PNG grid (``nrow`` per row; pixels upscaled ``scale``×)."""
     import matplotlib
@@ -211,8 +211,8 @@ def save_image_grid(images: Tensor, path: PathLike, nrow: Optional[int] = None, 
         raise ValueError(f"save_image_grid: images must be non-empty (N, C, H, W), got {tuple(images.shape)}")
     x = ((images.detach().float().clamp(-1, 1) + 1) / 2).cpu()
     n, c, h, w = x.shape
-    nrow = nrow or int(math.ceil(math.sqrt(n)))
-    ncol = int(math.ceil(n / nrow))
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
     grid = torch.ones(c, ncol * (h + pad) + pad, nrow * (w + pad) + pad)
     for i in range(n):
         r, q = divmod(i, nrow)

@@ -44,3 +44,4 @@ __all__ = [
     "GreedyHashLoss",
     "OrthoHashLoss",
 ]
+from .entropy import MaxEntropyLoss, bit_entropy_loss, class_entropy_loss  # noqa: F401  (label-free, not registered)

@@ -14,7 +14,6 @@ Not a supervised hashing loss (it takes no labels), so it is not in the loss reg
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +21,11 @@ from torch import Tensor, nn
 
 __all__ = [
     "ENTROPY_MODES",
+    "MaxEntropyLoss",
     "bernoulli_entropy",
     "bernoulli_entropy_from_logits",
     "bit_entropy_loss",
     "class_entropy_loss",
-    "MaxEntropyLoss",
 ]
 
 ENTROPY_MODES = ("bits", "classes")
@@ -44,7 +43,7 @@ def bernoulli_entropy_from_logits(z: Tensor) -> Tensor:
     return p * F.softplus(-z) + (1.0 - p) * F.softplus(z)
 
 
-def bit_entropy_loss(u: Optional[Tensor] = None, pre: Optional[Tensor] = None, eps: float = 1e-6) -> Tensor:
+def bit_entropy_loss(u: Tensor | None = None, pre: Tensor | None = None, eps: float = 1e-6) -> Tensor:
     """``−mean H((1 + u) / 2)`` over rows and bits; from ``pre`` (``u = tanh pre``) when given (stable)."""
     if pre is not None:
         if pre.dim() != 2:

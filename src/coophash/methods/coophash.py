@@ -60,6 +60,7 @@ class CoopHashArgs:
     coop_gen_width: int = field(default=32, metadata=_h("base channel width of the pair generator"))
     coop_density_hidden: int = field(default=0, metadata=_h("hidden units of the density head's own layer (0: linear)"))
     coop_spectral_norm: bool = field(default=False, metadata=_h("spectral norm on the descriptor trunk's weights"))
+    coop_init: str = field(default="kaiming", metadata=_h("descriptor trunk init: kaiming (He-normal, leaky ReLU) or default (PyTorch's)"))
     coop_s: float = field(default=0.016, metadata=_h("std s of the reference Gaussian N(0, s^2 I) of p_theta (CoopNets form)"))
     # Langevin revision
     langevin_form: str = field(default="sgld", metadata=_h("Langevin parameterisation: sgld or coopnets"))
@@ -89,6 +90,7 @@ class CoopHashArgs:
     coop_beta: float = field(default=2.0, metadata=_h("beta weight of the KL term of the ELBO"))
     coop_gen_lr: float = field(default=3e-4, metadata=_h("learning rate of the generator and latent head (Adam)"))
     coop_desc_lr: float = field(default=0.0, metadata=_h("learning rate of the descriptor (0 = --lr)"))
+    coop_gen_target: str = field(default="elbo", metadata=_h("generator target: elbo (ELBO with q(z|x~)), known (CoopNets: regress x~ on the z that made it) or both"))
     coop_gen_real_weight: float = field(default=0.0, metadata=_h("weight of an ELBO term on real labeled images (conditional VAE warm start)"))
     # schedule / recipe
     coop_warmup_epochs: float = field(default=1.0, metadata=_h("epochs of supervised-only training before cooperation starts"))
@@ -106,6 +108,8 @@ class CoopHashArgs:
             raise ValueError(f"coop_pairs must be >= 1, got {self.coop_pairs}")
         if self.coop_interval < 1:
             raise ValueError(f"coop_interval must be >= 1, got {self.coop_interval}")
+        if self.coop_gen_target not in ("elbo", "known", "both"):
+            raise ValueError(f"coop_gen_target must be elbo, known or both, got {self.coop_gen_target!r}")
         if self.langevin_steps < 0:
             raise ValueError(f"langevin_steps must be >= 0, got {self.langevin_steps}")
 
@@ -132,7 +136,7 @@ class CoopHash(Method):
         self.desc = MultipurposeDescriptor(
             info.channels, info.image_size, cfg.bits, info.n_classes, latent_dim=a.coop_latent_dim,
             backbone=backbone, multi_label=info.multi_label, density_hidden=a.coop_density_hidden,
-            spectral_norm=a.coop_spectral_norm, **cfg.backbone_args,
+            spectral_norm=a.coop_spectral_norm, init=a.coop_init, **cfg.backbone_args,
         ).to(device)
         self.gen = PairGenerator(a.coop_latent_dim, info.n_classes, info.channels, info.image_size,
                                  width=a.coop_gen_width).to(device)
@@ -220,7 +224,8 @@ class CoopHash(Method):
         x_tilde, stats = langevin_revise(lambda v: self.desc.energy(v, label), x_hat, self.langevin,
                                          frozen_modules=[self.desc], final_energy=False)
         self._guard_revision(stats)
-        ctx["coop"] = {"x_hat": x_hat, "x_tilde": x_tilde, "y": y_cond, "n": n, "stats": stats}
+        z = torch.cat([pairs.z, pairs.z] + ([pairs.z2] if pairs.z2 is not None else []))
+        ctx["coop"] = {"x_hat": x_hat, "x_tilde": x_tilde, "y": y_cond, "z": z, "n": n, "stats": stats}
         zero = torch.zeros((), device=x_hat.device)
         return LossOutput(total=zero, terms={
             "diag_displacement": torch.tensor(stats.displacement),
@@ -339,7 +344,14 @@ class CoopHash(Method):
         if feats is None:
             with torch.no_grad():
                 feats = self.desc.trunk(x_t)
-        terms = self._elbo(x_t, y, feats, "")
+        terms: dict[str, Tensor] = {}
+        if a.coop_gen_target in ("elbo", "both"):
+            terms.update(self._elbo(x_t, y, feats, ""))
+        if a.coop_gen_target in ("known", "both"):
+            x_rec = self.gen(coop["z"], y.to(coop["z"].dtype))
+            sq = (x_t - x_rec).pow(2).flatten(1)
+            terms["rec_known"] = sq.sum(dim=1).mean() / (2 * a.coop_sigma_g**2)
+            terms["diag_known_mse"] = sq.mean().detach()
         if a.coop_gen_real_weight > 0:
             with torch.no_grad():
                 f_real = self.desc.trunk(ctx["x"])

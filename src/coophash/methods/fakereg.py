@@ -23,9 +23,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,11 @@ from torch import Tensor, nn
 from coophash.config import TrainConfig
 from coophash.losses import create_loss
 from coophash.losses.base import LossOutput
-from coophash.losses.entropy import ENTROPY_MODES, MaxEntropyLoss, bernoulli_entropy_from_logits
+from coophash.losses.entropy import (
+    ENTROPY_MODES,
+    MaxEntropyLoss,
+    bernoulli_entropy_from_logits,
+)
 from coophash.methods.base import DataInfo, Method, register_method
 from coophash.methods.gan import FAKES_FILE, GAN_ARG_NAMES, GanArgs
 from coophash.nets import create_hashing_net
@@ -51,7 +56,7 @@ class FakeRegArgs(GanArgs):
     """Stage-2 hyperparameters, plus the GAN's (used when no fakes file is given)."""
 
     fakes: str = field(default="", metadata={"help": "Fakes file from `coophash gan` (empty: train the GAN first)."})
-    fake_weight: float = field(default=0.1, metadata={"help": "Weight λ of the maximum-entropy loss on fakes."})
+    fake_weight: float = field(default=0.03, metadata={"help": "Weight λ of the maximum-entropy loss on fakes."})
     fake_batch_size: int = field(default=32, metadata={"help": "Fake images per training step."})
     fake_entropy: str = field(
         default="bits", metadata={"help": "Entropy maximised on fakes: bits (hash outputs) or classes (posterior)."}
@@ -122,7 +127,7 @@ class FakeRegHashing(Method):
         params = list(self.net.parameters()) + list(self.loss.parameters())
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self._fakes: Any = None
-        self.fakes_path: Optional[Path] = Path(a.fakes) if a.fakes else None
+        self.fakes_path: Path | None = Path(a.fakes) if a.fakes else None
         self._diag: dict[str, float] = {}
         self._diag_n = 0
 
@@ -198,7 +203,7 @@ class FakeRegHashing(Method):
                             fake_abs_u=fake.u.abs().mean(), real_abs_u=real.u.abs().mean())
         return LossOutput(total, terms)
 
-    def _class_loss(self, logits: Optional[Tensor], y: Tensor, labeled: Tensor) -> Tensor:
+    def _class_loss(self, logits: Tensor | None, y: Tensor, labeled: Tensor) -> Tensor:
         """Cross-entropy of the category head on labeled real images."""
         assert logits is not None
         if not bool(labeled.any()):

@@ -21,9 +21,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,13 +38,13 @@ from coophash.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from coophash.train.phases import Phase
 
 __all__ = [
+    "FAKES_FILE",
+    "LOSSES_FILE",
+    "SAMPLES_FILE",
     "GanArgs",
     "GanMethod",
     "GanRun",
     "RandomProjection",
-    "FAKES_FILE",
-    "SAMPLES_FILE",
-    "LOSSES_FILE",
     "gan_config",
     "gan_key",
     "generate_fakes",
@@ -142,14 +143,14 @@ class GanMethod(Method):
             Phase("generator", self._g_step, modules=[self.generator], optimizer=self.opt_g),
         ]
 
-    def _real(self, ctx: dict[str, Any]) -> tuple[Tensor, Optional[Tensor]]:
+    def _real(self, ctx: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
         """Real images (and labels when conditional) this step trains on."""
         if self.args.gan_conditional:
             keep = ctx["labeled"]
             return ctx["x"][keep], ctx["y"][keep]
         return ctx["x_all"], None
 
-    def _d_step(self, ctx: dict[str, Any]) -> Optional[LossOutput]:
+    def _d_step(self, ctx: dict[str, Any]) -> LossOutput | None:
         x, y = self._real(ctx)
         if x.shape[0] == 0:
             return None
@@ -165,7 +166,7 @@ class GanMethod(Method):
         ctx["gan_n"] = x.shape[0]
         return LossOutput(real_term + fake_term, {"real": real_term, "fake": fake_term})
 
-    def _g_step(self, ctx: dict[str, Any]) -> Optional[LossOutput]:
+    def _g_step(self, ctx: dict[str, Any]) -> LossOutput | None:
         n = int(ctx.get("gan_n", 0))
         if n == 0:
             return None
@@ -194,7 +195,7 @@ class GanMethod(Method):
 
     # -- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, seed: int, labels: Optional[Tensor] = None, batch_size: int = 500) -> Tensor:
+    def sample(self, n: int, seed: int, labels: Tensor | None = None, batch_size: int = 500) -> Tensor:
         """``n`` images from the generator (eval mode), latents from a generator seeded with ``seed``."""
         was_training = self.generator.training
         self.generator.eval()
@@ -237,40 +238,39 @@ def gan_config(cfg: TrainConfig, gan_args: dict[str, Any], epochs: int) -> Train
     """
     args = {k: v for k, v in gan_args.items() if k in GAN_ARG_NAMES}
     conditional = bool(GanArgs(**args).gan_conditional)
-    return TrainConfig.from_dict(
-        dict(
-            method="gan",
-            bits=cfg.bits,
-            dataset=cfg.dataset,
-            dataset_args=dict(cfg.dataset_args),
-            image_size=cfg.image_size,
-            channels=cfg.channels,
-            protocol=cfg.protocol,
-            protocol_args=dict(cfg.protocol_args),
-            manifest=cfg.manifest,
-            label_fraction=cfg.label_fraction if conditional else 1.0,
-            epochs=int(epochs),
-            batch_size=cfg.batch_size,
-            unlabeled_batch_size=0,
-            augment="none",
-            seed=cfg.seed,
-            split_seed=cfg.split_seed,
-            device=cfg.device,
-            eval_every=cfg.eval_every,
-            checkpoint_every=cfg.checkpoint_every,
-            eval_batch_size=cfg.eval_batch_size,
-            threads=cfg.threads,
-            out=cfg.out,
-            method_args=args,
-        ),
-        "GAN stage",
-    )
+    data = {
+        "method": "gan",
+        "bits": cfg.bits,
+        "dataset": cfg.dataset,
+        "dataset_args": dict(cfg.dataset_args),
+        "image_size": cfg.image_size,
+        "channels": cfg.channels,
+        "protocol": cfg.protocol,
+        "protocol_args": dict(cfg.protocol_args),
+        "manifest": cfg.manifest,
+        "label_fraction": cfg.label_fraction if conditional else 1.0,
+        "epochs": int(epochs),
+        "batch_size": cfg.batch_size,
+        "unlabeled_batch_size": 0,
+        "augment": "none",
+        "seed": cfg.seed,
+        "split_seed": cfg.split_seed,
+        "device": cfg.device,
+        "eval_every": cfg.eval_every,
+        "checkpoint_every": cfg.checkpoint_every,
+        "eval_batch_size": cfg.eval_batch_size,
+        "threads": cfg.threads,
+        "out": cfg.out,
+        "method_args": args,
+    }
+    return TrainConfig.from_dict(data, "GAN stage")
 
 
 def gan_key(cfg: TrainConfig) -> str:
     """A stable folder name for a GAN config: dataset, seed and a hash of every field that shapes it."""
     d = cfg.to_dict()
-    for k in ("out", "threads", "device", "eval_batch_size", "checkpoint_every"):
+    # fields that do not change the generator (bits: width of the diagnostic code only)
+    for k in ("out", "threads", "device", "eval_batch_size", "checkpoint_every", "eval_every", "bits"):
         d.pop(k, None)
     digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     return f"gan-{cfg.dataset}-s{cfg.seed}-{digest}"
@@ -283,7 +283,7 @@ def _train_split_sha1(train: Any) -> str:
 
 
 def generate_fakes(method: GanMethod, n: int, seed: int,
-                   label_pool: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+                   label_pool: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """``n`` fakes (and their labels, drawn from ``label_pool`` rows, for a conditional GAN)."""
     labels = None
     if method.args.gan_conditional:
@@ -295,7 +295,7 @@ def generate_fakes(method: GanMethod, n: int, seed: int,
 
 
 def write_fakes(method: GanMethod, path: Path, n: int, seed: int, source: str,
-                label_pool: Optional[Tensor] = None, extra_meta: Optional[dict[str, Any]] = None) -> Path:
+                label_pool: Tensor | None = None, extra_meta: dict[str, Any] | None = None) -> Path:
     """Generate ``n`` fakes and save them to ``path`` (see :mod:`coophash.fakes`)."""
     from coophash.fakes import save_fakes
 
@@ -310,7 +310,7 @@ def train_gan(
     dataset: Any = None,
     manifest: Any = None,
     resume: bool = False,
-    progress: Optional[Callable[[int, int, dict[str, float]], None]] = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> GanRun:
     """Train the GAN of ``cfg`` in ``run_dir``, then write its fakes, sample grid and loss curves there."""
     from coophash.fakes import plot_loss_curves, save_image_grid

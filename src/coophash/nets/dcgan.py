@@ -12,12 +12,10 @@ N(1, 0.02) batch-norm scales), so seed before building.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DCGANGenerator", "DCGANDiscriminator", "dcgan_levels", "dcgan_init"]
+__all__ = ["DCGANDiscriminator", "DCGANGenerator", "dcgan_init", "dcgan_levels"]
 
 
 def dcgan_levels(image_size: int, min_side: int = 4) -> tuple[int, int]:
@@ -59,7 +57,7 @@ class DCGANGenerator(nn.Module):
         channels: int = 1,
         image_size: int = 28,
         width: int = 64,
-        n_classes: Optional[int] = None,
+        n_classes: int | None = None,
     ) -> None:
         super().__init__()
         if channels < 1 or latent_dim < 1 or width < 1:
@@ -92,7 +90,7 @@ class DCGANGenerator(nn.Module):
         self.body = nn.Sequential(*layers)
         dcgan_init(self)
 
-    def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """Images (N, C, H, W) in [-1, 1] from latents ``z`` (and multi-hot labels ``y`` when conditional)."""
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"DCGANGenerator: z must be (N, {self.latent_dim}), got {tuple(z.shape)}")
@@ -104,8 +102,8 @@ class DCGANGenerator(nn.Module):
         h = self.project(z).view(z.shape[0], self.c0, self.s0, self.s0)
         return self.body(h)
 
-    def sample_latent(self, n: int, generator: Optional[torch.Generator] = None,
-                      device: Optional[torch.device] = None) -> Tensor:
+    def sample_latent(self, n: int, generator: torch.Generator | None = None,
+                      device: torch.device | None = None) -> Tensor:
         """``n`` standard normal latents (from ``generator``, or torch's global generator)."""
         z = torch.randn(n, self.latent_dim, generator=generator)
         return z if device is None else z.to(device)
@@ -119,7 +117,7 @@ class DCGANDiscriminator(nn.Module):
         channels: int = 1,
         image_size: int = 28,
         width: int = 64,
-        n_classes: Optional[int] = None,
+        n_classes: int | None = None,
     ) -> None:
         super().__init__()
         if channels < 1 or width < 1:
@@ -157,7 +155,7 @@ class DCGANDiscriminator(nn.Module):
             )
         return self.trunk(x)
 
-    def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Real/fake logits (N,); conditional discriminators add ``⟨E y, φ(x)⟩``."""
         h = self.features(x)
         logit = self.out(h).squeeze(1)

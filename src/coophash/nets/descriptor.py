@@ -57,6 +57,22 @@ def log_p_y_given_x(logits: Tensor, y: Tensor, multi_label: bool) -> Tensor:
     return (logp * y).sum(dim=1) / y.sum(dim=1).clamp_min(1.0)
 
 
+def _kaiming_init(module: nn.Module, negative_slope: float = 0.2) -> None:
+    """He-normal (fan-in, leaky ReLU) weights and zero biases for every conv and linear layer of ``module``.
+
+    PyTorch's default init shrinks activations layer after layer in a trunk without normalisation, which
+    leaves tanh hash outputs near 0 (a saddle of pairwise losses) and slows training.
+    """
+    from torch.nn.utils import parametrize
+
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight
+            nn.init.kaiming_normal_(w, a=negative_slope, mode="fan_in", nonlinearity="leaky_relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class DensityHead(nn.Module):
     """Scalar density ``f_θ`` from trunk features: linear, or with its own hidden layer (``hidden > 0``)."""
 
@@ -119,9 +135,12 @@ class MultipurposeDescriptor(nn.Module):
         multi_label: bool = False,
         density_hidden: int = 0,
         spectral_norm: bool = False,
+        init: str = "kaiming",
         **backbone_kw: object,
     ) -> None:
         super().__init__()
+        if init not in ("kaiming", "default"):
+            raise ValueError(f"init must be 'kaiming' or 'default', got {init!r}")
         if backbone == "smallconv-nobn" or backbone.startswith("smallconv"):
             backbone_kw.setdefault("spectral_norm", spectral_norm)
         self.trunk = create_backbone(backbone, in_channels=in_channels, image_size=image_size, **backbone_kw)
@@ -130,6 +149,8 @@ class MultipurposeDescriptor(nn.Module):
                 f"backbone {backbone!r} has batch norm; the CoopHash descriptor needs a trunk without it "
                 "(use smallconv-nobn)"
             )
+        if init == "kaiming":
+            _kaiming_init(self.trunk)
         nf = int(getattr(self.trunk, "num_features"))
         self.num_features = nf
         self.nbits = nbits

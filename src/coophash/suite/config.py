@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import yaml
 
@@ -59,7 +59,7 @@ EXPERIMENT_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
              "search": {"bits": [32, 64], "n_database": 1_000_000, "n_queries": 1000, "k": 100, "repeats": 3}},
     # static HTML page of sample retrievals (top-k per query, correct ones marked)
     "retrievals": {"bits": 32, "label_fraction": 1.0, "seed": None, "n_queries": 10, "k": 10,
-                   "sections": ["main", "unseen", "cross_dataset"]},
+                   "sections": ["main", "unseen", "cross_dataset"], "methods": None},
 }
 EXPERIMENTS = tuple(EXPERIMENT_DEFAULTS)
 _TOP_KEYS = ("name", "description", "defaults", "seeds", "methods", "experiments")
@@ -268,9 +268,25 @@ def _check_experiment(kind: str, s: dict[str, Any], source: str, where: str, met
         for i, g in enumerate(grids):
             at = f"grids[{i}]"
             _need(isinstance(g, dict), source, f"{where}.{at}", "a mapping (bits, label_fractions, methods)", g)
-            bad = sorted(set(g) - {"bits", "label_fractions", "methods"})
+            bad = sorted(set(g) - {"bits", "label_fractions", "methods", "top"})
             if bad:
-                raise SuiteError(f"{source}: {where}.{at}: unknown key(s) {bad}; known: bits, label_fractions, methods")
+                raise SuiteError(f"{source}: {where}.{at}: unknown key(s) {bad}; known: bits, label_fractions, "
+                                 f"methods, top")
+            if "top" in g:
+                top = g["top"]
+                _need(isinstance(top, dict) and set(top) <= {"n", "family", "bits"} and "n" in top, source,
+                      f"{where}.{at}.top", "a mapping {n: <int>, family: <method>, bits: <int>}", top)
+                _need(_is_int(top["n"]) and top["n"] > 0, source, f"{where}.{at}.top.n", "a positive integer",
+                      top["n"])
+                _need(top.get("family") is None or isinstance(top["family"], str), source,
+                      f"{where}.{at}.top.family", "a method name (e.g. supervised)", top.get("family"))
+                if i == 0:
+                    raise SuiteError(f"{source}: {where}.{at}.top: the first grid cannot rank by results; "
+                                     "put 'top' on a later grid")
+                top.setdefault("bits", grids[0]["bits"][0])
+                bits(top["bits"], f"{at}.top.bits")
+                if not any(top["bits"] in g0.get("bits", []) for g0 in grids[:i]):
+                    raise SuiteError(f"{source}: {where}.{at}.top.bits: no earlier grid has {top['bits']} bits")
             for key in ("bits", "label_fractions"):
                 _need(isinstance(g.get(key), list) and bool(g.get(key)), source, f"{where}.{at}.{key}",
                       "a non-empty list", g.get(key))
@@ -318,6 +334,8 @@ def _check_experiment(kind: str, s: dict[str, Any], source: str, where: str, met
               "null (the first seed) or a seed", s["seed"])
         _need(isinstance(s["sections"], list) and set(s["sections"]) <= {"main", "unseen", "cross_dataset"},
               source, f"{where}.sections", "a list of 'main', 'unseen', 'cross_dataset'", s["sections"])
+        if s["methods"] is not None:
+            _check_method_list(s["methods"], source, f"{where}.methods", method_names)
 
 
 def _check_method_list(value: Any, source: str, where: str, method_names: list[str]) -> None:

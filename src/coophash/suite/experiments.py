@@ -66,6 +66,7 @@ class Plan:
     skipped: list[dict[str, str]]
     seeds: list[int]
     retrieval_seed: Optional[int] = None
+    pending: list[str] = field(default_factory=list)
 
     def runs_for(self, experiment: str) -> list[PlannedRun]:
         """The runs an experiment reads."""
@@ -87,11 +88,14 @@ def registered_methods() -> set[str]:
 
 
 def plan_suite(suite: Suite, seeds: Optional[Sequence[int]] = None, device: Optional[str] = None,
-               out: Optional[str] = None) -> Plan:
+               out: Optional[str] = None, lookup: Optional[Callable[[PlannedRun], Optional[dict]]] = None) -> Plan:
     """Expand a suite into its unique training configs; methods not registered are skipped (with a reason).
 
     ``device`` overrides every run's device; ``out`` sets ``TrainConfig.out`` (where a method keeps shared
-    artefacts such as fakereg's GAN stage; not part of the cache key).
+    artefacts such as fakereg's GAN stage; not part of the cache key).  Runs are ordered seed by seed, so a
+    partial suite already has every table for its first seeds.  A main grid with ``top`` adds the best
+    entries of a method family once the results it ranks by are all available through ``lookup(run)``
+    (the cached result or None); until then it is listed in ``Plan.pending``.
     """
     seeds = list(seeds) if seeds else list(suite.seeds)
     registered = registered_methods()
@@ -110,7 +114,7 @@ def plan_suite(suite: Suite, seeds: Optional[Sequence[int]] = None, device: Opti
     by_key: dict[str, PlannedRun] = {}
     order: list[str] = []
 
-    def add(mname: str, seed: int, role: str, extras: Mapping[str, dict[str, Any]] = (), **fields: Any) -> None:
+    def add(mname: str, seed: int, role: str, extras: Mapping[str, dict[str, Any]] = (), **fields: Any) -> PlannedRun:
         cfg = suite.config(suite.method(mname), seed, **base, **fields)
         key = config_key(cfg)
         if key not in by_key:
@@ -121,8 +125,10 @@ def plan_suite(suite: Suite, seeds: Optional[Sequence[int]] = None, device: Opti
             log.warning("methods %r and %r have identical configs; %r's run is shared", run.method, mname, mname)
         run.experiments.add(role)
         run.extras.update(dict(extras))
+        return run
 
     names = [m.name for m in methods]
+    family = {m.name: m.method for m in methods}
     rseed = None
     if "retrievals" in exps:
         rseed = exps["retrievals"]["seed"] if exps["retrievals"]["seed"] is not None else seeds[0]
@@ -130,57 +136,98 @@ def plan_suite(suite: Suite, seeds: Optional[Sequence[int]] = None, device: Opti
     ood_against = set(exps["ood_detection"]["against"]) if "ood_detection" in exps else set()
     samples_args = ({"n_queries": exps["retrievals"]["n_queries"], "k": exps["retrievals"]["k"]}
                     if "retrievals" in exps else {})
+    rmethods = set(exps["retrievals"].get("methods") or names) if "retrievals" in exps else set()
+    ranked: dict[tuple[int, float], dict[str, PlannedRun]] = {}  # (bits, label fraction) -> main runs, for ``top``
+    pending: list[str] = []
 
-    if "main" in exps:
-        for grid in exps["main"]["grids"]:
+    def main_runs(seed: int, grids_with_top: bool) -> None:
+        for gi, grid in enumerate(exps["main"]["grids"]):
+            if bool(grid.get("top")) != grids_with_top:
+                continue
             for bits in grid["bits"]:
                 for lf in grid["label_fractions"]:
-                    for seed in seeds:
-                        for mname in grid.get("methods", names):
-                            if mname not in names:
-                                continue
-                            add(mname, seed, "main", bits=bits, label_fraction=float(lf))
-                            if "scarcity" in exps and bits == exps["scarcity"]["bits"]:
-                                add(mname, seed, "scarcity", bits=bits, label_fraction=float(lf))
-    for kind in ("pr", "cost"):
-        if kind in exps:
-            s = exps[kind]
-            extras = {"encode_speed": {}} if kind == "cost" else {}
-            for seed in seeds:
+                    chosen = [m for m in grid.get("methods", names if not grid.get("top") else []) if m in names]
+                    if grid.get("top"):
+                        best = _top_methods(grid["top"], float(lf), ranked, family, lookup, seeds)
+                        if best is None:
+                            msg = (f"main grid {gi}: {bits} bits, labels {lf:g}: the top {grid['top']['n']} "
+                                   f"{grid['top'].get('family') or ''} entries wait for the "
+                                   f"{grid['top']['bits']}-bit results")
+                            if msg not in pending:
+                                pending.append(msg)
+                            best = []
+                        chosen += [m for m in best if m not in chosen]
+                    for mname in chosen:
+                        run = add(mname, seed, "main", bits=bits, label_fraction=float(lf))
+                        ranked.setdefault((bits, float(lf)), {})[run.key] = run
+                        if "scarcity" in exps and bits == exps["scarcity"]["bits"]:
+                            add(mname, seed, "scarcity", bits=bits, label_fraction=float(lf))
+
+    for seed in seeds:
+        if "main" in exps:
+            main_runs(seed, grids_with_top=False)
+        for kind in ("pr", "cost"):
+            if kind in exps:
+                s = exps[kind]
+                extras = {"encode_speed": {}} if kind == "cost" else {}
                 for mname in names:
                     add(mname, seed, kind, extras, bits=s["bits"], label_fraction=float(s["label_fraction"]))
-    if "cross_dataset" in exps:
-        s = exps["cross_dataset"]
-        target = {k: s[k] for k in ("dataset", "dataset_args", "protocol", "protocol_args")}
-        for seed in seeds:
+        if "cross_dataset" in exps:
+            s = exps["cross_dataset"]
+            target = {k: s[k] for k in ("dataset", "dataset_args", "protocol", "protocol_args")}
             for mname in names:
                 extras: dict[str, dict[str, Any]] = {"cross_dataset": target}
                 if "cross_dataset" in ood_against:
                     extras["ood_cross"] = target
-                if "cross_dataset" in sections and seed == rseed:
+                if "cross_dataset" in sections and seed == rseed and mname in rmethods:
                     extras["samples_cross"] = {**target, **samples_args}
                 add(mname, seed, "cross_dataset", extras, bits=s["bits"], label_fraction=float(s["label_fraction"]))
-                if extras.get("ood_cross"):
+                if "cross_dataset" in ood_against:
                     add(mname, seed, "ood_detection", bits=s["bits"], label_fraction=float(s["label_fraction"]))
-    if "unseen" in exps:
-        s = exps["unseen"]
-        for seed in seeds:
+        if "unseen" in exps:
+            s = exps["unseen"]
             for mname in names:
                 extras = {}
                 if "unseen" in ood_against:
                     extras["ood_unseen"] = {}
-                if "unseen" in sections and seed == rseed:
+                if "unseen" in sections and seed == rseed and mname in rmethods:
                     extras["samples_unseen"] = dict(samples_args)
                 fields = _unseen_fields(suite, mname, s)
                 add(mname, seed, "unseen", extras, **fields)
                 if "unseen" in ood_against:
                     add(mname, seed, "ood_detection", **fields)
-    if "retrievals" in exps and "main" in sections:
-        s = exps["retrievals"]
-        for mname in names:
-            add(mname, rseed, "retrievals", {"samples": dict(samples_args)}, bits=s["bits"],
-                label_fraction=float(s["label_fraction"]))
-    return Plan(suite, [by_key[k] for k in order], skipped, seeds, rseed)
+        if "retrievals" in exps and "main" in sections and seed == rseed:
+            s = exps["retrievals"]
+            for mname in [m for m in names if m in rmethods]:
+                add(mname, seed, "retrievals", {"samples": dict(samples_args)}, bits=s["bits"],
+                    label_fraction=float(s["label_fraction"]))
+    if "main" in exps:
+        for seed in seeds:
+            main_runs(seed, grids_with_top=True)
+    plan = Plan(suite, [by_key[k] for k in order], skipped, seeds, rseed)
+    plan.pending = pending
+    return plan
+
+
+def _top_methods(top: Mapping[str, Any], lf: float, ranked: Mapping[tuple[int, float], Mapping[str, PlannedRun]],
+                 family: Mapping[str, str], lookup: Optional[Callable[[PlannedRun], Optional[dict]]],
+                 seeds: Sequence[int]) -> Optional[list[str]]:
+    """The ``top['n']`` best methods (of ``top['family']``) by mean mAP@all at ``top['bits']`` bits and ``lf``.
+
+    None while any of the runs ranked is not finished (or no ``lookup`` is given).
+    """
+    runs = [r for r in ranked.get((int(top["bits"]), float(lf)), {}).values()
+            if not top.get("family") or family.get(r.method) == top["family"]]
+    if lookup is None or not runs:
+        return None
+    scores: dict[str, list[float]] = {}
+    for r in runs:
+        rec = lookup(r)
+        if rec is None:
+            return None
+        scores.setdefault(r.method, []).append(float(rec["map@all"]))
+    means = sorted(((-sum(v) / len(v), m) for m, v in scores.items()), key=lambda t: (t[0], t[1]))
+    return [m for _, m in means[: int(top["n"])]]
 
 
 def _unseen_fields(suite: Suite, mname: str, s: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,8 @@ def png_data_uri(pixels: np.ndarray) -> str:
     from PIL import Image
 
     arr = np.asarray(pixels, dtype=np.uint8)
-    img = Image.fromarray(arr[0]) if arr.shape[0] == 1 else Image.fromarray(np.ascontiguousarray(arr.transpose(1, 2, 0)))
+    rgb = arr.shape[0] == 3
+    img = Image.fromarray(np.ascontiguousarray(arr.transpose(1, 2, 0)) if rgb else arr[0])
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -83,7 +84,8 @@ def _names(sample: Mapping[str, Any], labels: Sequence[int]) -> str:
 def _section_html(title: str, section: str, method: str, sample: Mapping[str, Any], images: _Images) -> str:
     e = html.escape
     k = max((len(r) for r in sample["results"]), default=0)
-    parts = [f'<section class="retrieval-section" data-section="{e(section)}" data-method="{e(method)}">',
+    parts = [f'<section class="retrieval-section" id="{e(section)}-{e(method)}" data-section="{e(section)}" '
+             f'data-method="{e(method)}">',
              f"<h2>{e(title)}: {e(method)}</h2>",
              f'<p class="meta">dataset {e(sample["dataset"])}, {sample["n_database"]} database items; '
              f"top {k} by Hamming distance (ties in database order)</p>",
@@ -112,6 +114,10 @@ def render_retrievals(sections: Sequence[tuple[str, str, str, Mapping[str, Any]]
     """The page for ``(section kind, section title, method, sample record)`` entries."""
     images = _Images()
     body = [_section_html(stitle, kind, method, sample, images) for kind, stitle, method, sample in sections]
+    if body:
+        links = " · ".join(f'<a href="#{html.escape(kind)}-{html.escape(method)}">{html.escape(kind)}: '
+                           f"{html.escape(method)}</a>" for kind, _t, method, _s in sections)
+        body.insert(0, f'<nav class="meta">{links}</nav>')
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
             f"<h1>{html.escape(title)}</h1>\n<p>{html.escape(intro)}</p>\n"

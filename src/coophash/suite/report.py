@@ -113,6 +113,7 @@ def build_results(sr: Any, command: str = "") -> dict[str, Any]:
         "methods": [{"name": m.name, **m.overrides, "status": "skipped" if m.name not in methods else "ran"}
                     for m in suite.methods],
         "skipped": sr.plan.skipped,
+        "pending": list(sr.plan.pending),
         "experiments": exps,
         "progress": {},
     }
@@ -176,7 +177,7 @@ def build_results(sr: Any, command: str = "") -> dict[str, Any]:
         for m in methods:
             rows = [(run, rec) for run, rec in _rows(sr, "cost") if run.method == m]
             cost[m] = {
-                "seconds_per_epoch": stats(rec.get("seconds_per_epoch") for _, rec in rows),
+                "seconds_per_epoch": stats(_median_epoch(rec) for _, rec in rows),
                 "steps_per_epoch": rows[0][1].get("steps_per_epoch") if rows else None,
                 "encode_images_per_s": stats(rec.get("extra", {}).get("encode_speed", {}).get("images_per_s")
                                              for _, rec in rows),
@@ -191,6 +192,14 @@ def build_results(sr: Any, command: str = "") -> dict[str, Any]:
          "extra": {k: v for k, v in sr.records[run.key].get("extra", {}).items() if not k.startswith("samples")}}
         for run in sr.plan.runs if run.key in sr.records]
     return _clean(res)
+
+
+def _median_epoch(rec: Mapping[str, Any]) -> Optional[float]:
+    """Median training seconds of a run's epochs (robust to a one-off first epoch, e.g. fakereg's GAN stage)."""
+    secs = rec.get("epoch_seconds")
+    if secs:
+        return float(np.median(np.asarray(secs, dtype=np.float64)))
+    return rec.get("seconds_per_epoch")
 
 
 def _best_per_family(sr: Any, main: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -236,7 +245,7 @@ def plot_scarcity(res: Mapping[str, Any], path: Path) -> Optional[Path]:
     ax.set_ylabel("mAP@all (query split)")
     ax.set_title(f"Label scarcity, {res['scarcity']['bits']} bits (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="best", framealpha=0.8)
     fig.tight_layout()
     _save_fig(fig, path)
     plt.close(fig)
@@ -266,6 +275,12 @@ def plot_pr(res: Mapping[str, Any], path: Path, title: str) -> Optional[Path]:
 
 
 # ------------------------------------------------------------------------------------------ markdown
+def _ratio_text(ratio: Optional[float]) -> str:
+    if not ratio:
+        return "–"
+    return f"{ratio:.2f}× faster" if ratio >= 1 else f"{1 / ratio:.2f}× slower"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -286,9 +301,11 @@ def render_markdown(res: Mapping[str, Any], files: Mapping[str, Path]) -> str:
         lines += ["## Warnings: methods skipped", ""]
         lines += [f"* **{s['name']}**: {s['reason']}" for s in res["skipped"]] + [""]
     incomplete = {k: v for k, v in res["progress"].items() if v["cached"] < v["planned"]}
-    if incomplete:
-        lines += ["## Incomplete", "", "Runs finished per experiment (the rest are not run yet; rerun the command):", ""]
-        lines += [f"* {k}: {v['cached']} of {v['planned']}" for k, v in incomplete.items()] + [""]
+    if incomplete or res["pending"]:
+        lines += ["## Incomplete", "",
+                  "Runs finished per experiment (the rest are not run yet; rerun the command):", ""]
+        lines += [f"* {k}: {v['cached']} of {v['planned']}" for k, v in incomplete.items()]
+        lines += [f"* not planned yet: {p}" for p in res["pending"]] + [""]
 
     if "main" in res:
         lines += ["## Main table", "", _EXPLAIN["main"], ""]
@@ -310,7 +327,8 @@ def render_markdown(res: Mapping[str, Any], files: Mapping[str, Path]) -> str:
                       "(family = the TrainConfig `method`: `supervised` is the best baseline loss, `fakereg` the best "
                       "base loss of fake-image regularised hashing)", ""]
             lines += _table(["bits", "labels", "family", "best entry", "mAP@all"],
-                            [[str(b["bits"]), _pct(b["label_fraction"]), b["family"], b["best"], fmt_stats(b["map@all"])]
+                            [[str(b["bits"]), _pct(b["label_fraction"]), b["family"], b["best"],
+                              fmt_stats(b["map@all"])]
                              for b in res["best_per_family"]]) + [""]
     if "scarcity" in res:
         lines += ["## Label scarcity", ""]
@@ -326,7 +344,8 @@ def render_markdown(res: Mapping[str, Any], files: Mapping[str, Path]) -> str:
             cols.append(lambda m: fmt_stats(res["cross_dataset"][m]["in_distribution_map@all"]))
         if "unseen" in res:
             seen = exps["unseen"]["seen_classes"]
-            header.append(f"unseen classes (train on {seen[0]}–{seen[-1]})" if seen == list(range(seen[0], seen[-1] + 1))
+            contiguous = seen == list(range(seen[0], seen[-1] + 1))
+            header.append(f"unseen classes (train on {seen[0]}–{seen[-1]})" if contiguous
                           else f"unseen classes (train on {seen})")
             cols.append(lambda m: fmt_stats(res["unseen"][m]))
         if "cross_dataset" in res:
@@ -367,7 +386,8 @@ def render_markdown(res: Mapping[str, Any], files: Mapping[str, Path]) -> str:
                         [[m, fmt_stats(e["precision@r2"])] for m, e in res["pr"].items()]) + [""]
     if "cost" in res:
         c = res["cost"]
-        lines += ["## Cost", "", f"Training seconds per epoch (optimiser steps only) and encoding speed of the test-time "
+        lines += ["## Cost", "", f"Training seconds per epoch (median epoch of each run, optimiser steps only: a GAN "
+                  f"stage trained inside a run's first epoch is left out) and encoding speed of the test-time "
                   f"network on the database split, {exps['cost']['bits']} bits, labels "
                   f"{_pct(float(exps['cost']['label_fraction']))}.", ""]
         rows = []
@@ -378,7 +398,8 @@ def render_markdown(res: Mapping[str, Any], files: Mapping[str, Path]) -> str:
         lines += [f"All cached runs of this suite trained for {c['train_seconds_total'] / 3600:.2f} h in total "
                   "(sum of epoch times).", ""]
         if c["search"]:
-            lines += ["Search (top-k, random codes, one thread each, best of repeats; same codes and queries for both):",
+            lines += ["Search (top-k, random codes, one thread each, best of repeats; same codes and queries "
+                      "for both):",
                       ""]
             srows = []
             for s in c["search"]:
@@ -387,7 +408,7 @@ def render_markdown(res: Mapping[str, Any], files: Mapping[str, Path]) -> str:
                 srows.append([str(s["bits"]), f"{s['n_database']:,}", str(s["n_queries"]), str(s["k"]),
                               f"{s['coophash_ms_per_query']:.3f} ({s['backend']})",
                               f"{faiss_ms:.3f}" if faiss_ms is not None else s.get("faiss_note", "–"),
-                              f"{ratio:.2f}× faster" if ratio and ratio >= 1 else (f"{1 / ratio:.2f}× slower" if ratio else "–"),
+                              _ratio_text(ratio),
                               "yes" if s.get("same_distances") else ("–" if faiss_ms is None else "NO")])
             lines += _table(["bits", "codes", "queries", "k", "HammingIndex ms/query", "FAISS IndexBinaryFlat ms/query",
                              "ours vs FAISS", "same distances"], srows) + [""]
@@ -413,7 +434,8 @@ def write_report(sr: Any, command: str = "") -> dict[str, Path]:
     if "pr" in res:
         e = res["experiments"]["pr"]
         p = plot_pr(res, out / "pr_curves.png",
-                    f"Precision-recall over Hamming radius, {e['bits']} bits, labels {_pct(float(e['label_fraction']))}")
+                    f"Precision-recall over Hamming radius, {e['bits']} bits, "
+                    f"labels {_pct(float(e['label_fraction']))}")
         if p:
             files["pr"] = p
     if "retrievals" in res["experiments"]:

@@ -87,26 +87,36 @@ def run_suite(
         if missing:
             raise ValueError(f"--only: suite {suite.name!r} has no experiment(s) {missing}; "
                              f"it has {', '.join(suite.experiments)}")
-    plan = plan_suite(suite, seeds=seeds, device=device, out=str(out))
+
+    def lookup(run: PlannedRun) -> Optional[dict]:
+        return cached_record(out, run)
+
+    plan = plan_suite(suite, seeds=seeds, device=device, out=str(out), lookup=lookup)
     for s in plan.skipped:
         log.warning("%s: %s", s["name"], s["reason"])
-    selected = plan.selected(only)
-    n = len(selected)
-    counter = {"i": 0, "trained": 0}
+    counter = {"i": 0, "trained": 0, "n": len(plan.selected(only))}
     t0 = time.perf_counter()
 
     def started(cfg: TrainConfig, trainer: Trainer) -> None:
         counter["trained"] += 1
         if on_start:
-            on_start(cfg, trainer, counter["i"] + 1, n)
+            on_start(cfg, trainer, counter["i"] + 1, counter["n"])
 
     def done(cfg: TrainConfig, rec: dict, cached: bool) -> None:
         counter["i"] += 1
         if on_done:
-            on_done(cfg, rec, cached, counter["i"], n)
+            on_done(cfg, rec, cached, counter["i"], counter["n"])
 
     out.mkdir(parents=True, exist_ok=True)
-    run_grid([r.cfg for r in selected], out, on_done=done, extra_evals=extra_evals_for(plan), on_start=started)
+    finished: set[str] = set()
+    while True:  # a grid ranking methods by results ("top") grows the plan once those results exist
+        todo = [r for r in plan.selected(only) if r.key not in finished]
+        if not todo:
+            break
+        run_grid([r.cfg for r in todo], out, on_done=done, extra_evals=extra_evals_for(plan), on_start=started)
+        finished.update(r.key for r in todo)
+        plan = plan_suite(suite, seeds=seeds, device=device, out=str(out), lookup=lookup)
+        counter["n"] = counter["i"] + sum(r.key not in finished for r in plan.selected(only))
     records = {}
     for r in plan.runs:
         rec = cached_record(out, r)
