@@ -37,7 +37,13 @@ BITS = 32
 EPOCHS = 10
 UNLABELED = 32
 # The CoopHash recipe benchmarked (method_args); anything not named here keeps its default (docs/coophash.md).
-RECIPE: dict[str, Any] = {}
+RECIPE: dict[str, Any] = {
+    "coop_gen_target": "known",  # CoopNets' teaching: the ELBO's q(z|x~) let the generator ignore y (see docs)
+    "coop_gamma": 0.1,
+    "coop_gen_hash_weight": 1.0,  # revised samples as extra labeled data for the DPSH loss
+    "coop_density_hidden": 128,  # the density head gets its own hidden layer ...
+    "coop_density_grad_scale": 0.5,  # ... and sends half its gradient into the shared trunk
+}
 BASE_LOSS = "dpsh"
 VARIANTS: dict[str, dict[str, Any]] = {
     "coophash": {},

@@ -289,3 +289,18 @@ def test_bad_parameters():
     with pytest.raises(ValueError, match="class 0 has 20 items"):
         make_protocol(_single(20), "cifar10")
     assert set(PROTOCOLS) == {"standard", "unseen", "cifar10", "cifar10-1", "cifar10-2"}
+
+
+def test_unseen_validation_retrieves_among_seen_classes():
+    ds = _single(120)
+    m = make_protocol(ds, "unseen", seed=0)
+    classes = ds.labels.argmax(dim=1).numpy()
+    seen = set(m.seen_classes)
+    vdb = m.validation_database
+    assert len(vdb) > 0 and set(classes[vdb]) <= seen
+    assert not set(vdb) & set(m.validation)
+    # every validation query has relevant items to find (model selection is meaningful)
+    assert set(classes[m.validation]) <= set(classes[vdb])
+    # the standard protocol is unchanged: validation retrieves from the database
+    s = make_protocol(ds, "standard", seed=0, query_per_class=10, val_per_class=10)
+    np.testing.assert_array_equal(s.validation_database, np.setdiff1d(s.database, s.validation))

@@ -1,7 +1,6 @@
 """``coophash bench SUITE``: run a named experiment suite resumably and write its report (added to `coophash`)."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,8 +36,7 @@ def _int_list(text: Optional[str], what: str) -> Optional[list[int]]:
 def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional[str], only: Optional[str],
           threads: Optional[int], dry_run: bool, quiet: bool) -> None:
     """Run experiment suite SUITE (a shipped name: smoke, paper; or a suite YAML file) and write its report."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
+    import torch  # OMP_WAIT_POLICY=PASSIVE is set by coophash.cli before torch loads
 
     from coophash.suite import SuiteError, load_suite, run_suite
     from coophash.suite.experiments import plan_suite

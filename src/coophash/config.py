@@ -46,7 +46,7 @@ class TrainConfig:
     device: str = "cpu"
     eval_every: int = 1  # epochs between validation evaluations (model selection)
     checkpoint_every: int = 50  # optimiser steps between 'last' checkpoints (a killed run resumes there)
-    eval_batch_size: int = 512
+    eval_batch_size: int = 128
     threads: Optional[int] = None  # torch.set_num_threads for the run (None: leave as is)
     out: str = "runs"
 

@@ -107,7 +107,13 @@ class Manifest:
 
     @property
     def validation_database(self) -> np.ndarray:
-        """Retrieval set for model selection: the database without the validation items."""
+        """Retrieval set for model selection: the database without the validation items.
+
+        In the ``unseen`` protocol the database holds only unseen classes, which validation (seen classes)
+        can never match; there validation retrieves from train (the seen-class items the model knows).
+        """
+        if self.protocol == "unseen":
+            return np.setdiff1d(self.train, self.validation, assume_unique=True)
         return np.setdiff1d(self.database, self.validation, assume_unique=True)
 
     @property

@@ -231,17 +231,11 @@ def _top_methods(top: Mapping[str, Any], lf: float, ranked: Mapping[tuple[int, f
 
 
 def _unseen_fields(suite: Suite, mname: str, s: Mapping[str, Any]) -> dict[str, Any]:
-    """Config fields of an unseen-class run.
-
-    Validation queries of the ``unseen`` protocol are seen-class images retrieving among the unseen-class
-    database, so their mAP is 0 whatever the model and selection by it would keep epoch 1; unless the
-    experiment's ``overrides`` set ``eval_every``, the model is the last epoch's (validated once, at the end).
-    """
+    """Config fields of an unseen-class run (model selection: seen-class validation queries retrieving
+    among the seen-class train items, see ``Manifest.validation_database``)."""
     over = dict(s.get("overrides") or {})
-    epochs = int(over.get("epochs", suite.config(suite.method(mname), 0).epochs))
     fields = {"bits": s["bits"], "label_fraction": float(s["label_fraction"]), "protocol": "unseen",
-              "protocol_args": {"seen_classes": [int(c) for c in s["seen_classes"]]},
-              "eval_every": max(1, epochs)}
+              "protocol_args": {"seen_classes": [int(c) for c in s["seen_classes"]]}}
     fields.update({k: v for k, v in over.items() if k != "protocol_args"})
     if "protocol_args" in over:
         fields["protocol_args"] = {**over["protocol_args"], **fields["protocol_args"]}
@@ -277,8 +271,13 @@ def _target(trainer: Trainer, dataset: str, dataset_args: Mapping[str, Any], pro
 
 
 def _encode(trainer: Trainer, ds: HashDataset, idx: np.ndarray) -> np.ndarray:
-    return encode_indices(trainer.method.encode, ds, np.asarray(idx, dtype=np.int64), trainer.device,
-                          trainer.cfg.eval_batch_size)
+    """Packed codes of dataset items, remembered on the trainer for the other evaluations of the same run."""
+    idx = np.asarray(idx, dtype=np.int64)
+    cache = trainer.__dict__.setdefault("_suite_codes", {})
+    key = (ds.name, tuple(ds.image_shape), int(idx.size), idx.tobytes())
+    if key not in cache:
+        cache[key] = encode_indices(trainer.method.encode, ds, idx, trainer.device, trainer.cfg.eval_batch_size)
+    return cache[key]
 
 
 def _retrieval_metrics(trainer: Trainer, ds: HashDataset, queries: np.ndarray, database: np.ndarray) -> dict:
@@ -343,8 +342,8 @@ def eval_ood_unseen(trainer: Trainer) -> dict:
 
 @torch.no_grad()
 def eval_encode_speed(trainer: Trainer) -> dict:
-    """Images per second of the test-time encoder on the database split (images already in memory)."""
-    idx = np.asarray(trainer.manifest.database, dtype=np.int64)
+    """Images per second of the test-time encoder on (up to 2,048 of) the database images, already in memory."""
+    idx = np.asarray(trainer.manifest.database, dtype=np.int64)[:2048]
     x = trainer.ds.images(idx)
     bs = trainer.cfg.eval_batch_size
     trainer.method.encode(x[:bs].to(trainer.device))  # warm-up
