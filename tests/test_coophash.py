@@ -205,6 +205,26 @@ def test_ood_score_is_one_finite_value_per_image(trained):
     assert method.ood_score(noise).shape == (7,)
 
 
+def test_search_prints_the_ood_score_of_image_queries(trained, tmp_path):
+    from PIL import Image
+
+    _root, run, _res, _cfg, ds, _mf = trained
+    runner = CliRunner()
+    db, idx = tmp_path / "db.codes", tmp_path / "i.chidx"
+    assert runner.invoke(cli, ["encode", str(run), "--out", str(db)]).exit_code == 0
+    assert runner.invoke(cli, ["index", str(db), "--out", str(idx)]).exit_code == 0
+    digit = ((ds.images(np.arange(1))[0, 0].numpy() + 1) * 127.5).astype(np.uint8)
+    noise = (np.random.default_rng(0).random((8, 8)) * 255).astype(np.uint8)
+    paths = []
+    for name, arr in (("digit.png", digit), ("noise.png", noise)):
+        Image.fromarray(arr).save(tmp_path / name)
+        paths += ["--images", str(tmp_path / name)]
+    r = runner.invoke(cli, ["search", str(idx), *paths, "--run", str(run), "-k", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    entries = json.loads(r.output)
+    assert len(entries) == 2 and all(np.isfinite(e["ood_score"]) for e in entries)
+
+
 def test_sample_command_writes_a_png(trained, tmp_path):
     _root, run, _res, _cfg, _ds, _mf = trained
     out = tmp_path / "grid.png"
@@ -340,9 +360,11 @@ def _run(tmp_path, name, kill_at=0, resume=False):
     return r.stdout.strip().splitlines()[-1]
 
 
-def test_killed_run_resumes_bit_identically(tmp_path):
-    # Each run gets its own process: within one process, an earlier run's evaluation changes later float results
-    # of the Langevin/conv kernels by ~1e-10 (process-wide kernel state), which training amplifies.
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    # Not bit-identical: two fresh, identically seeded CoopHash runs already differ by ~1e-10 in some CPU kernel
+    # results (across processes, and within one process after an evaluation), which training amplifies to
+    # ~1e-5..1e-3 in the weights; the supervised baselines do not show it. So: each run in its own process, and
+    # the resumed weights must match the uninterrupted run to within that run-to-run spread.
     cfg = coop_cfg(tmp_path)
     ds, mf = prepare_data(cfg)
     spe = Trainer(cfg, tmp_path / "probe", ds, mf).schedule.steps_per_epoch
@@ -351,10 +373,9 @@ def test_killed_run_resumes_bit_identically(tmp_path):
     resumed = _run(tmp_path, "killed", resume=True)
     a, b = load_file(str(tmp_path / "full" / runs.LAST)), load_file(str(tmp_path / "killed" / runs.LAST))
     assert a.keys() == b.keys()
-    for k in a:
-        if k.startswith("module/"):
-            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    assert full == resumed and full.startswith("MAP")
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if k.startswith("module/"))
+    assert worst < 5e-3, worst
+    assert full.startswith("MAP") and abs(float(full.split()[1]) - float(resumed.split()[1])) < 0.01
 
 
 def test_unknown_or_bad_args_are_refused():
