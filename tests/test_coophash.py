@@ -50,6 +50,16 @@ def test_descriptor_multi_label_energy_and_bn_refused():
         MultipurposeDescriptor(1, 28, nbits=16, n_classes=10, backbone="smallconv")
 
 
+def test_group_norm_trunk_is_per_sample():
+    torch.manual_seed(0)
+    d = MultipurposeDescriptor(3, 16, nbits=8, n_classes=4, trunk_norm="group")
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in d.trunk.modules())
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(d(x).f[:2], d(x[:2]).f)  # an image's energy does not depend on its batch
+    with pytest.raises(ValueError, match="trunk_norm"):
+        MultipurposeDescriptor(1, 8, nbits=8, n_classes=4, trunk_norm="batch")
+
+
 def test_kaiming_init_keeps_hash_outputs_away_from_zero():
     x = torch.rand(32, 1, 28, 28) * 2 - 1
     scales = {}

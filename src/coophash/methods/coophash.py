@@ -61,6 +61,7 @@ class CoopHashArgs:
     coop_density_hidden: int = field(default=0, metadata=_h("hidden units of the density head's own layer (0: linear)"))
     coop_spectral_norm: bool = field(default=False, metadata=_h("spectral norm on the descriptor trunk's weights"))
     coop_init: str = field(default="kaiming", metadata=_h("descriptor trunk init: kaiming (He-normal, leaky ReLU) or default (PyTorch's)"))
+    coop_trunk_norm: str = field(default="none", metadata=_h("per-sample normalisation in the trunk: none or group (GroupNorm/LayerNorm; never batch norm)"))
     coop_s: float = field(default=0.016, metadata=_h("std s of the reference Gaussian N(0, s^2 I) of p_theta (CoopNets form)"))
     # Langevin revision
     langevin_form: str = field(default="sgld", metadata=_h("Langevin parameterisation: sgld or coopnets"))
@@ -136,7 +137,7 @@ class CoopHash(Method):
         self.desc = MultipurposeDescriptor(
             info.channels, info.image_size, cfg.bits, info.n_classes, latent_dim=a.coop_latent_dim,
             backbone=backbone, multi_label=info.multi_label, density_hidden=a.coop_density_hidden,
-            spectral_norm=a.coop_spectral_norm, init=a.coop_init, **cfg.backbone_args,
+            spectral_norm=a.coop_spectral_norm, init=a.coop_init, trunk_norm=a.coop_trunk_norm, **cfg.backbone_args,
         ).to(device)
         self.gen = PairGenerator(a.coop_latent_dim, info.n_classes, info.channels, info.image_size,
                                  width=a.coop_gen_width).to(device)

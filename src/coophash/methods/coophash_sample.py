@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coophash.methods.langevin import langevin_revise
-from coophash.nets.pair_generator import sample_negative_labels
 
 __all__ = ["sample_pairs", "sample_grid", "save_grid_png", "train_judge", "judge_accuracy"]
 

@@ -22,7 +22,10 @@ from coophash.nets.heads import CategoryHead, HashHead
 from coophash.nets.output import HashOutput
 from coophash.nets.registry import create_backbone
 
-__all__ = ["MultipurposeDescriptor", "DescriptorOutput", "LatentHead", "DensityHead", "scale_grad", "log_p_y_given_x"]
+__all__ = [
+    "MultipurposeDescriptor", "DescriptorOutput", "DescriptorEncoder", "LatentHead", "DensityHead", "scale_grad",
+    "log_p_y_given_x",
+]
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -71,6 +74,26 @@ def _kaiming_init(module: nn.Module, negative_slope: float = 0.2) -> None:
             nn.init.kaiming_normal_(w, a=negative_slope, mode="fan_in", nonlinearity="leaky_relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def _add_sample_norm(trunk: nn.Module, groups: int = 8) -> None:
+    """Insert per-sample normalisation after every conv (GroupNorm) and linear (LayerNorm) of a smallconv trunk.
+
+    Unlike batch norm it does not couple the images of a batch, so energies stay comparable across batches and
+    Langevin revision of one image does not depend on the others.
+    """
+    for name in ("features", "head"):
+        seq = getattr(trunk, name, None)
+        if not isinstance(seq, nn.Sequential):
+            raise ValueError("trunk_norm='group' needs a smallconv-style trunk (features / head Sequentials)")
+        layers: list[nn.Module] = []
+        for layer in seq:
+            layers.append(layer)
+            if isinstance(layer, nn.Conv2d):
+                layers.append(nn.GroupNorm(min(groups, layer.out_channels), layer.out_channels))
+            elif isinstance(layer, nn.Linear):
+                layers.append(nn.LayerNorm(layer.out_features))
+        setattr(trunk, name, nn.Sequential(*layers))
 
 
 class DensityHead(nn.Module):
@@ -136,6 +159,7 @@ class MultipurposeDescriptor(nn.Module):
         density_hidden: int = 0,
         spectral_norm: bool = False,
         init: str = "kaiming",
+        trunk_norm: str = "none",
         **backbone_kw: object,
     ) -> None:
         super().__init__()
@@ -149,6 +173,10 @@ class MultipurposeDescriptor(nn.Module):
                 f"backbone {backbone!r} has batch norm; the CoopHash descriptor needs a trunk without it "
                 "(use smallconv-nobn)"
             )
+        if trunk_norm == "group":
+            _add_sample_norm(self.trunk)
+        elif trunk_norm != "none":
+            raise ValueError(f"trunk_norm must be 'none' or 'group', got {trunk_norm!r}")
         if init == "kaiming":
             _kaiming_init(self.trunk)
         nf = int(getattr(self.trunk, "num_features"))
