@@ -149,7 +149,7 @@ def _method_options(func):
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--seed", type=int)
-@click.option("--device", help="torch device, e.g. cpu or cuda:0.")
+@click.option("--device", help="torch device, e.g. cpu or cuda (cuda:N for another GPU).")
 @click.option("--threads", type=int, help="torch threads.")
 @click.option("--out", help="Folder holding numbered run folders (default runs).")
 @click.option("--resume", "resume", help="Continue a killed run (number, name or folder).")

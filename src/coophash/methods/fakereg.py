@@ -31,20 +31,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from coophash.config import TrainConfig
-from coophash.losses import create_loss
 from coophash.losses.base import LossOutput
 from coophash.losses.entropy import (
     ENTROPY_MODES,
     MaxEntropyLoss,
     bernoulli_entropy_from_logits,
 )
+from coophash.methods.supervised import SupervisedHashing
 from coophash.methods.base import DataInfo, Method, register_method
 from coophash.methods.gan import FAKES_FILE, GAN_ARG_NAMES, GanArgs
-from coophash.nets import create_hashing_net
-from coophash.train.phases import Phase
 
 __all__ = ["FakeRegArgs", "FakeRegHashing", "one_command_gan_dir", "preserved_rng"]
 
@@ -94,14 +92,14 @@ def one_command_gan_dir(cfg: TrainConfig, args: FakeRegArgs) -> tuple[Path, Trai
 
 
 @register_method("fakereg")
-class FakeRegHashing(Method):
+class FakeRegHashing(SupervisedHashing):
     """A hashing network on ``cfg.loss`` (real, labeled) + ``fake_weight`` · maximum entropy (fakes)."""
 
     uses_unlabeled = False
     Args = FakeRegArgs
 
     def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device) -> None:
-        super().__init__(cfg, info, device)
+        Method.__init__(self, cfg, info, device)  # parses self.args for the checks below
         a: FakeRegArgs = self.args
         if a.fake_entropy not in ENTROPY_MODES:
             raise ValueError(f"fake_entropy must be one of {ENTROPY_MODES}, got {a.fake_entropy!r}")
@@ -110,22 +108,9 @@ class FakeRegHashing(Method):
         if a.fake_batch_size < 1:
             raise ValueError(f"fake_batch_size must be >= 1, got {a.fake_batch_size}")
         self.classes = a.fake_entropy == "classes"
-        # built in the same order as the supervised method, so fake_weight=0 reproduces it exactly
-        self.net = create_hashing_net(
-            backbone=cfg.backbone,
-            nbits=cfg.bits,
-            n_classes=info.n_classes if self.classes else None,
-            in_channels=info.channels,
-            image_size=info.image_size,
-            pretrained=cfg.pretrained,
-            **cfg.backbone_args,
-        ).to(device)
-        self.loss = create_loss(
-            cfg.loss, cfg.bits, info.n_classes, seed=cfg.seed, multi_label=info.multi_label, **cfg.loss_args
-        ).to(device)
+        # the supervised method builds net, loss and optimiser, so fake_weight=0 reproduces it exactly
+        SupervisedHashing.__init__(self, cfg, info, device)
         self.entropy = MaxEntropyLoss(a.fake_entropy, multi_label=info.multi_label)
-        params = list(self.net.parameters()) + list(self.loss.parameters())
-        self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self._fakes: Any = None
         self.fakes_path: Path | None = Path(a.fakes) if a.fakes else None
         self._diag: dict[str, float] = {}
@@ -166,14 +151,8 @@ class FakeRegHashing(Method):
         return path
 
     # -- trainer interface ---------------------------------------------------------------------
-    def modules(self) -> dict[str, nn.Module]:
-        return {"net": self.net, "loss": self.loss}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"opt": self.opt}
-
-    def phases(self) -> list[Phase]:
-        return [Phase("hash", self._hash_step, modules=[self.net, self.loss], optimizer=self.opt)]
+    def _category_classes(self) -> int | None:
+        return self.info.n_classes if self.classes else None
 
     def _hash_step(self, ctx: dict[str, Any]) -> LossOutput:
         a: FakeRegArgs = self.args
@@ -218,16 +197,8 @@ class FakeRegHashing(Method):
             self._diag[k] = self._diag.get(k, 0.0) + float(v)
         self._diag_n += 1
 
-    def on_step(self, global_step: int) -> None:
-        self.loss.on_step()
-
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         out = {f"fakereg/{k}": v / max(1, self._diag_n) for k, v in self._diag.items()}
         self._diag, self._diag_n = {}, 0
         return out
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.net(x).u
-
-    def encoder(self) -> nn.Module:
-        return self.net

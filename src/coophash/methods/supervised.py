@@ -26,7 +26,7 @@ class SupervisedHashing(Method):
         self.net = create_hashing_net(
             backbone=cfg.backbone,
             nbits=cfg.bits,
-            n_classes=None,
+            n_classes=self._category_classes(),
             in_channels=info.channels,
             image_size=info.image_size,
             pretrained=cfg.pretrained,
@@ -37,6 +37,10 @@ class SupervisedHashing(Method):
         ).to(device)
         params = list(self.net.parameters()) + list(self.loss.parameters())
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _category_classes(self) -> int | None:
+        """Classes of the network's category head (None: no head); subclasses that need one override it."""
+        return None
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net, "loss": self.loss}
