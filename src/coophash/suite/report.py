@@ -257,21 +257,9 @@ def plot_pr(res: Mapping[str, Any], path: Path, title: str) -> Optional[Path]:
     curves = {m: d["curve"] for m, d in res.get("pr", {}).items() if d.get("curve")}
     if not curves:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
-    for m, c in curves.items():
-        ax.plot(c["recall"], c["precision"], marker=".", markersize=3, label=m)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    _save_fig(fig, path)
-    plt.close(fig)
-    return path
+    from coophash.plots import plot_pr_curve
+
+    return plot_pr_curve(curves, path, title)
 
 
 # ------------------------------------------------------------------------------------------ markdown
