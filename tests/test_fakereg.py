@@ -361,3 +361,17 @@ def test_one_command_path_trains_the_gan_then_reuses_it(tmp_path):
     assert r.exit_code == 0, r.output
     third = json.loads(next(tmp_path.glob("00002-*/results.json")).read_text())
     assert first["map@all"] == third["map@all"]
+
+
+def test_gan_stage_lock_is_exclusive_across_file_handles(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    from coophash.methods.fakereg import stage_lock
+
+    folder = tmp_path / "gans" / "abc"
+    with stage_lock(folder):
+        with open(tmp_path / "gans" / "abc.lock", "a+b") as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(tmp_path / "gans" / "abc.lock", "a+b") as other:  # released on exit
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(other.fileno(), fcntl.LOCK_UN)

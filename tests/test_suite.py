@@ -278,3 +278,74 @@ def test_tiny_suite_retrievals_page_structure(tiny):
                 correct = bool(truth & qlab)
                 assert ("correct" in cell["class"]) == correct and ("wrong" in cell["class"]) == (not correct)
                 assert ("✓" in cell["text"]) == correct and ("✗" in cell["text"]) == (not correct)
+
+
+# ------------------------------------------------------------------------------------------ shards
+class _Boom(RuntimeError):
+    pass
+
+
+def test_shards_partition_the_runs_and_keep_going_skips_failures(tiny, tmp_path, monkeypatch):
+    """N shards try every uncached run exactly once between them; a failing run does not stop a shard."""
+    import shutil
+
+    from coophash.suite.runner import shard_of
+
+    path, out, first = tiny
+    work = tmp_path / "sharded"
+    shutil.copytree(out / "results", work / "results")
+    keys = sorted(r.key for r in first.plan.runs if r.cfg.bits == 16)
+    dropped = keys[:4]
+    for k in dropped:
+        (work / "results" / f"{k}.json").unlink()
+
+    def boom(self, *a, **k):
+        raise _Boom(self.cfg.method)
+
+    monkeypatch.setattr(bench_mod.Trainer, "fit", boom)
+    tried: dict[int, list[str]] = {}
+    n = 3
+    for i in range(n):
+        seen: list[str] = []
+        res = run_suite(path, out=work, shard=(i, n), report=False,
+                        on_error=lambda cfg, exc, seen=seen: seen.append(bench_mod.config_key(cfg))
+                        if isinstance(exc, _Boom) else pytest.fail(f"unexpected {exc!r}"))
+        assert res.files == {}
+        tried[i] = seen
+        assert all(shard_of(k, n) == i for k in seen)
+    flat = [k for ks in tried.values() for k in ks]
+    assert sorted(flat) == sorted(dropped)  # each uncached run once, cached ones never
+    with pytest.raises(_Boom):  # without on_error a failure propagates
+        run_suite(path, out=work, report=False)
+    with pytest.raises(ValueError, match="shard"):
+        run_suite(path, out=work, shard=(3, 3))
+
+
+def test_cli_shard_option_errors(tmp_path):
+    from coophash.cli import cli
+
+    for bad in ("2", "a/b", "4/4", "-1/2"):
+        res = CliRunner().invoke(cli, ["bench", "smoke", "--out", str(tmp_path), "--shard", bad, "--dry-run"])
+        assert res.exit_code == 2 and "--shard" in res.output, (bad, res.output)
+    res = CliRunner().invoke(cli, ["bench", "smoke", "--out", str(tmp_path), "--shard", "0/2", "--dry-run"])
+    both = CliRunner().invoke(cli, ["bench", "smoke", "--out", str(tmp_path), "--shard", "1/2", "--dry-run"])
+    full = CliRunner().invoke(cli, ["bench", "smoke", "--out", str(tmp_path), "--dry-run"])
+    count = [int(r.output.strip().splitlines()[-1].split()[0]) for r in (res, both, full)]
+    assert res.exit_code == both.exit_code == full.exit_code == 0
+    assert count[0] + count[1] == count[2] and min(count[:2]) >= 0
+
+
+def test_config_key_ignores_added_fields_at_their_default():
+    from coophash.config import TrainConfig
+
+    cfg = TrainConfig()
+    d = cfg.to_dict()
+    for name in ("out", "threads", "amp"):
+        d.pop(name)
+    import hashlib
+
+    digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+    assert bench_mod.config_key(cfg).endswith(digest)  # the key that caches made before 'amp' existed
+    assert bench_mod.config_key(cfg.replace(amp=False)) != bench_mod.config_key(cfg)
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig.from_dict({"amp": "yes"})

@@ -28,11 +28,18 @@ __all__ = ["config_key", "run_grid", "load_results", "aggregate", "format_table"
 log = logging.getLogger(__name__)
 
 
+# config fields added after results were cached: left out of the key while at their default value
+KEY_ADDED_DEFAULTS: dict[str, Any] = {"amp": True}
+
+
 def config_key(cfg: TrainConfig) -> str:
     """A short stable name for a config: readable prefix plus a hash of every field."""
     d = cfg.to_dict()
     d.pop("out", None)
     d.pop("threads", None)
+    for name, default in KEY_ADDED_DEFAULTS.items():  # fields added later: old caches stay valid
+        if d.get(name) == default:
+            d.pop(name)
     digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg.method}-{cfg.loss}-{cfg.bits}b-lf{cfg.label_fraction:g}-s{cfg.seed}-{digest}"
 
@@ -47,8 +54,12 @@ def run_grid(
     keep_runs: bool = False,
     extra_evals: Optional[Callable[[TrainConfig], Mapping[str, ExtraEval]]] = None,
     on_start: Optional[Callable[[TrainConfig, Trainer], None]] = None,
+    on_error: Optional[Callable[[TrainConfig, BaseException], None]] = None,
 ) -> list[dict]:
     """Train and evaluate every config not yet cached in ``out/results``; return all results.
+
+    ``on_error(cfg, exc)``, when given, receives the exception of a config that failed (its run folder
+    is kept for a resume) and the grid goes on with the next config; without it the exception propagates.
 
     ``extra_evals(cfg)`` names evaluations ``fn(trainer) -> dict`` run on the best checkpoint right after
     training and stored under ``result["extra"][name]``; ``on_start(cfg, trainer)`` is called before a
@@ -71,10 +82,13 @@ def run_grid(
                 continue
             log.warning("%s: cached result lacks %s; training it again", path, ", ".join(missing))
         run_dir = out / "runs" / key
-        trainer = Trainer(cfg, run_dir)
-        if on_start:
-            on_start(cfg, trainer)
-        res = trainer.fit(resume=(run_dir / "last.safetensors").exists())
+        try:
+            trainer, res = _train(cfg, run_dir, on_start)
+        except Exception as exc:  # noqa: BLE001 - handed to on_error, or re-raised
+            if on_error is None:
+                raise
+            on_error(cfg, exc)
+            continue
         epoch_secs = _epoch_seconds(run_dir)
         rec = {
             "key": key,
@@ -103,6 +117,14 @@ def run_grid(
         if on_done:
             on_done(cfg, rec, False)
     return results
+
+
+def _train(cfg: TrainConfig, run_dir: Path,
+           on_start: Optional[Callable[[TrainConfig, Trainer], None]]) -> tuple[Trainer, dict]:
+    trainer = Trainer(cfg, run_dir)
+    if on_start:
+        on_start(cfg, trainer)
+    return trainer, trainer.fit(resume=(run_dir / "last.safetensors").exists())
 
 
 def _json_default(value: Any) -> Any:

@@ -31,16 +31,20 @@ def _int_list(text: Optional[str], what: str) -> Optional[list[int]]:
 @click.option("--only", default=None, help="Comma-separated experiment kinds to run, e.g. main,pr "
               "(the report still shows everything cached).")
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's).")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Train only shard I of N (runs split by key): N processes on one --out folder share the work; "
+                   "no report (run once more without --shard to train leftovers and write it).")
+@click.option("--keep-going", is_flag=True, help="A run that fails is reported and skipped; the others go on.")
 @click.option("--dry-run", is_flag=True, help="List the planned runs (and which are cached), train nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional[str], only: Optional[str],
-          threads: Optional[int], dry_run: bool, quiet: bool) -> None:
+          threads: Optional[int], shard: Optional[str], keep_going: bool, dry_run: bool, quiet: bool) -> None:
     """Run experiment suite SUITE (a shipped name: smoke, paper; or a suite YAML file) and write its report."""
     import torch  # OMP_WAIT_POLICY=PASSIVE is set by coophash.cli before torch loads
 
     from coophash.suite import SuiteError, load_suite, run_suite
     from coophash.suite.experiments import plan_suite
-    from coophash.suite.runner import cached_record
+    from coophash.suite.runner import cached_record, shard_of
 
     try:
         s = load_suite(suite)
@@ -51,6 +55,7 @@ def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional
     out_dir = Path(out) if out else Path("bench") / s.name
     seed_list = _int_list(seeds, "--seeds")
     only_list = [x.strip() for x in only.split(",") if x.strip()] if only else None
+    shard_pair = _shard(shard)
     command = "coophash bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "bench" else [suite])
 
     if dry_run:
@@ -61,6 +66,8 @@ def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional
         for p in plan.pending:
             click.echo(f"PENDING {p}", err=True)
         sel = plan.selected(only_list)
+        if shard_pair is not None:
+            sel = [r for r in sel if shard_of(r.key, shard_pair[1]) == shard_pair[0]]
         n_cached = 0
         for r in sel:
             cached = cached_record(out_dir, r) is not None
@@ -100,9 +107,19 @@ def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional
             click.echo(f"[{time.time() - t0:6.0f}s] {i}/{n} {_label(cfg)} mAP@all={rec['map@all']:.4f} "
                        f"({rec['seconds_per_epoch']:.1f} s/epoch)", err=True)
 
+    failed: list[str] = []
+
+    def on_error(cfg: Any, exc: BaseException) -> None:
+        bar = bars.pop("run", None)
+        if bar is not None:
+            bar.close()
+        failed.append(_label(cfg))
+        click.echo(f"FAILED {_label(cfg)}: {type(exc).__name__}: {exc}", err=True)
+
     try:
         result = run_suite(s, out=out_dir, seeds=seed_list, only=only_list, device=device, on_start=on_start,
-                           on_done=on_done, command=command)
+                           on_done=on_done, command=command, report=shard_pair is None, shard=shard_pair,
+                           on_error=on_error if keep_going else None)
     except (SuiteError, ValueError) as exc:
         if isinstance(exc, SuiteError) or str(exc).startswith("--only"):
             raise click.ClickException(str(exc)) from None
@@ -111,10 +128,31 @@ def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional
         click.echo(f"WARNING: {sk['name']} skipped: {sk['reason']}", err=True)
     click.echo(f"{result.trained} runs trained, {len(result.records)} of {len(result.plan.runs)} results cached; "
                f"{time.time() - t0:.0f} s")
+    if failed:
+        click.echo(f"{len(failed)} run(s) failed: {'; '.join(failed)}", err=True)
+    if shard_pair is not None:
+        click.echo(f"shard {shard_pair[0]}/{shard_pair[1]} done; run without --shard for the leftovers and the report")
+        if failed:
+            sys.exit(1)
+        return
     click.echo(f"report: {result.files['report']}")
     click.echo(f"results: {result.files['results']}")
     if "retrievals" in result.files:
         click.echo(f"sample retrievals: {result.files['retrievals']}")
+    if failed:
+        sys.exit(1)
+
+
+def _shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if not text:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected I/N such as 0/4, got {text!r}", param_hint="--shard") from None
+    if n < 1 or not 0 <= i < n:
+        raise click.BadParameter(f"expected 0 <= I < N, got {text!r}", param_hint="--shard")
+    return i, n
 
 
 def _label(cfg: Any) -> str:

@@ -44,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     split_seed: Optional[int] = None  # seed of the protocol's splits and labeled subset (None: ``seed``)
     device: str = "cpu"
+    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU); false keeps float32 everywhere
     eval_every: int = 1  # epochs between validation evaluations (model selection)
     checkpoint_every: int = 50  # optimiser steps between 'last' checkpoints (a killed run resumes there)
     eval_batch_size: int = 128
@@ -80,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"{source}: unlabeled_batch_size must be >= 0")
         if self.augment not in ("none", "shift", "shift+flip"):
             raise ValueError(f"{source}: augment must be none, shift or shift+flip, got {self.augment!r}")
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"{source}: amp must be true or false, got {self.amp!r}")
         for name in ("loss_args", "method_args", "backbone_args", "dataset_args", "protocol_args"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{source}: {name} must be a mapping")

@@ -81,6 +81,23 @@ def preserved_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
+@contextlib.contextmanager
+def stage_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``<folder>.lock`` (POSIX ``flock``; no lock where fcntl is missing)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(folder.parent / f"{folder.name}.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def one_command_gan_dir(cfg: TrainConfig, args: FakeRegArgs) -> tuple[Path, TrainConfig]:
     """(folder, config) of the GAN stage that the one-command path runs for ``cfg``."""
     from coophash.methods.gan import gan_config, gan_key
@@ -146,8 +163,12 @@ class FakeRegHashing(SupervisedHashing):
                          values.get("discriminator/total", float("nan")), values.get("generator/total", float("nan")))
 
         spe = [max(1, -(-self.info.n_train // gcfg.batch_size))]
-        with preserved_rng():
-            train_gan(gcfg, folder, resume=(folder / runs.LAST).exists(), progress=progress)
+        with stage_lock(folder):  # processes sharing an output folder (bench shards) train it once
+            if path.exists():
+                log.info("reusing the fakes of %s (made by another process)", folder)
+                return path
+            with preserved_rng():
+                train_gan(gcfg, folder, resume=(folder / runs.LAST).exists(), progress=progress)
         return path
 
     # -- trainer interface ---------------------------------------------------------------------

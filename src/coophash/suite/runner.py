@@ -26,7 +26,7 @@ from coophash.suite.experiments import Plan, PlannedRun, extra_evals_for, plan_s
 from coophash.train.trainer import Trainer
 from coophash.utils.io import atomic_write_text
 
-__all__ = ["SuiteRun", "run_suite", "cached_record"]
+__all__ = ["SuiteRun", "run_suite", "cached_record", "shard_of"]
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,23 @@ def run_suite(
     on_done: Optional[Callable[[TrainConfig, dict, bool, int, int], None]] = None,
     command: str = "",
     report: bool = True,
+    shard: Optional[tuple[int, int]] = None,
+    on_error: Optional[Callable[[TrainConfig, BaseException], None]] = None,
 ) -> SuiteRun:
     """Train what the suite (or the experiments in ``only``) needs and write the report from every cached result.
 
     ``on_start(cfg, trainer, i, n)`` / ``on_done(cfg, result, cached, i, n)`` report progress (i counts
     from 1 over the ``n`` selected runs).  A method whose name is not registered is skipped with a warning
-    in the report; a registered method that fails raises.
+    in the report; a registered method that fails raises, unless ``on_error(cfg, exc)`` is given (then the
+    suite goes on and the failed run stays untrained).  ``shard=(i, n)`` trains only the runs whose key
+    hashes to ``i`` modulo ``n``, so that ``n`` processes sharing one output folder (one per GPU or core)
+    split the work; a run that a shard's plan cannot place yet (a ``top`` grid whose ranking needs other
+    shards' results) is left to a later unsharded call, which also trains anything a shard missed.
     """
+    if shard is not None:
+        i, n = shard
+        if n < 1 or not 0 <= i < n:
+            raise ValueError(f"--shard: expected I/N with 0 <= I < N, got {i}/{n}")
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     out = Path(out) if out else Path("bench") / suite.name
@@ -91,10 +101,13 @@ def run_suite(
     def lookup(run: PlannedRun) -> Optional[dict]:
         return cached_record(out, run)
 
+    def mine(run: PlannedRun) -> bool:
+        return shard is None or shard_of(run.key, shard[1]) == shard[0]
+
     plan = plan_suite(suite, seeds=seeds, device=device, out=str(out), lookup=lookup)
     for s in plan.skipped:
         log.warning("%s: %s", s["name"], s["reason"])
-    counter = {"i": 0, "trained": 0, "n": len(plan.selected(only))}
+    counter = {"i": 0, "trained": 0, "n": sum(mine(r) for r in plan.selected(only))}
     t0 = time.perf_counter()
 
     def started(cfg: TrainConfig, trainer: Trainer) -> None:
@@ -110,20 +123,21 @@ def run_suite(
     out.mkdir(parents=True, exist_ok=True)
     finished: set[str] = set()
     while True:  # a grid ranking methods by results ("top") grows the plan once those results exist
-        todo = [r for r in plan.selected(only) if r.key not in finished]
+        todo = [r for r in plan.selected(only) if r.key not in finished and mine(r)]
         if not todo:
             break
-        run_grid([r.cfg for r in todo], out, on_done=done, extra_evals=extra_evals_for(plan), on_start=started)
+        run_grid([r.cfg for r in todo], out, on_done=done, extra_evals=extra_evals_for(plan), on_start=started,
+                 on_error=on_error)
         finished.update(r.key for r in todo)
         plan = plan_suite(suite, seeds=seeds, device=device, out=str(out), lookup=lookup)
-        counter["n"] = counter["i"] + sum(r.key not in finished for r in plan.selected(only))
+        counter["n"] = counter["i"] + sum(r.key not in finished and mine(r) for r in plan.selected(only))
     records = {}
     for r in plan.runs:
         rec = cached_record(out, r)
         if rec is not None:
             records[r.key] = rec
     search = []
-    if "cost" in suite.experiments and (not only or "cost" in only):
+    if "cost" in suite.experiments and (not only or "cost" in only) and shard is None:
         search = [_cached_search(out, b, suite.experiments["cost"]["search"])
                   for b in suite.experiments["cost"]["search"]["bits"]]
     elif "cost" in suite.experiments:
@@ -136,6 +150,11 @@ def run_suite(
 
         result.files = write_report(result, command=command)
     return result
+
+
+def shard_of(key: str, n: int) -> int:
+    """The shard (0..n-1) that trains the run with cache key ``key``: stable across processes and machines."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % n
 
 
 def _cached_search(out: Path, bits: int, settings: dict[str, Any], measure: bool = True) -> Optional[dict]:

@@ -199,7 +199,7 @@ class Trainer:
         }
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.cfg.amp:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
