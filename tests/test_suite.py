@@ -247,9 +247,11 @@ def test_tiny_suite_rerun_trains_nothing(tiny, monkeypatch):
     assert set(again.records) == set(first.records)
     # the CLI on the same folder: everything cached, prints where the report is
     res = CliRunner().invoke(__import__("coophash.cli", fromlist=["cli"]).cli,
-                             ["bench", str(path), "--out", str(out), "--quiet"])
+                             ["bench", str(path), "--out", str(out), "--quiet", "--note", "Trained on a test box."])
     assert res.exit_code == 0, res.output
     assert "report:" in res.output and "0 runs trained" in res.output and calls == []
+    assert "Trained on a test box." in (out / "report" / "report.md").read_text()
+    assert json.loads((out / "report" / "results.json").read_text())["note"] == "Trained on a test box."
 
 
 def test_tiny_suite_retrievals_page_structure(tiny):

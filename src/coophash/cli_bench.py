@@ -34,11 +34,12 @@ def _int_list(text: Optional[str], what: str) -> Optional[list[int]]:
 @click.option("--shard", default=None, metavar="I/N",
               help="Train only shard I of N (runs split by key): N processes on one --out folder share the work; "
                    "no report (run once more without --shard to train leftovers and write it).")
+@click.option("--note", default="", help="Free text for the report, under the command (e.g. where the runs trained).")
 @click.option("--keep-going", is_flag=True, help="A run that fails is reported and skipped; the others go on.")
 @click.option("--dry-run", is_flag=True, help="List the planned runs (and which are cached), train nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional[str], only: Optional[str],
-          threads: Optional[int], shard: Optional[str], keep_going: bool, dry_run: bool, quiet: bool) -> None:
+          threads: Optional[int], shard: Optional[str], note: str, keep_going: bool, dry_run: bool, quiet: bool) -> None:
     """Run experiment suite SUITE (a shipped name: smoke, paper; or a suite YAML file) and write its report."""
     import torch  # OMP_WAIT_POLICY=PASSIVE is set by coophash.cli before torch loads
 
@@ -56,7 +57,8 @@ def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional
     seed_list = _int_list(seeds, "--seeds")
     only_list = [x.strip() for x in only.split(",") if x.strip()] if only else None
     shard_pair = _shard(shard)
-    command = "coophash bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "bench" else [suite])
+    command = "coophash bench " + " ".join(_without_note(sys.argv[2:]) if len(sys.argv) > 2 and sys.argv[1] == "bench"
+                                           else [suite])
 
     if dry_run:
         plan = plan_suite(s, seeds=seed_list, device=device, out=str(out_dir),
@@ -118,7 +120,7 @@ def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional
 
     try:
         result = run_suite(s, out=out_dir, seeds=seed_list, only=only_list, device=device, on_start=on_start,
-                           on_done=on_done, command=command, report=shard_pair is None, shard=shard_pair,
+                           on_done=on_done, command=command, note=note, report=shard_pair is None, shard=shard_pair,
                            on_error=on_error if keep_going else None)
     except (SuiteError, ValueError) as exc:
         if isinstance(exc, SuiteError) or str(exc).startswith("--only"):
@@ -141,6 +143,19 @@ def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional
         click.echo(f"sample retrievals: {result.files['retrievals']}")
     if failed:
         sys.exit(1)
+
+
+def _without_note(argv: list[str]) -> list[str]:
+    """The command line without ``--note TEXT`` (the note is printed on its own)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return out
 
 
 def _shard(text: Optional[str]) -> Optional[tuple[int, int]]:

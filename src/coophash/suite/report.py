@@ -94,7 +94,7 @@ def _method_names(sr: Any) -> list[str]:
     return [m.name for m in sr.plan.suite.methods if m.name not in skipped]
 
 
-def build_results(sr: Any, command: str = "") -> dict[str, Any]:
+def build_results(sr: Any, command: str = "", note: str = "") -> dict[str, Any]:
     """Every table of the report as one JSON-ready dict."""
     suite = sr.plan.suite
     exps = suite.experiments
@@ -104,6 +104,7 @@ def build_results(sr: Any, command: str = "") -> dict[str, Any]:
         "source": suite.source,
         "description": suite.description,
         "command": command,
+        "note": note,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine()},
@@ -282,6 +283,8 @@ def render_markdown(res: Mapping[str, Any], files: Mapping[str, Path]) -> str:
         lines += [res["description"], ""]
     if res.get("command"):
         lines += [f"Command: `{res['command']}`", ""]
+    if res.get("note"):
+        lines += [res["note"], ""]
     lines += [f"Written {res['created_utc']} on {res['machine']['platform']} ({res['machine']['processor']}), "
               f"device {', '.join(res['device'])}; seeds {res['seeds']}.", "",
               "Shared protocol: " + ", ".join(f"{k} {v}" for k, v in d.items()) + ".", ""]
@@ -409,20 +412,22 @@ def render_markdown(res: Mapping[str, Any], files: Mapping[str, Path]) -> str:
     return "\n".join(lines)
 
 
-def write_report(sr: Any, command: str = "") -> dict[str, Path]:
-    """Write results.json, report.md, the plots and the retrievals page under ``sr.report_dir``."""
+def write_report(sr: Any, command: str = "", note: str = "") -> dict[str, Path]:
+    """Write results.json, report.md, the plots and the retrievals page under ``sr.report_dir``.
+
+    ``note`` is free text printed under the command (where and how the runs were trained, say)."""
     from coophash.suite.html import write_retrievals
 
     out = Path(sr.report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    res = build_results(sr, command)
+    res = build_results(sr, command, note)
     files: dict[str, Path] = {}
     if "scarcity" in res and (p := plot_scarcity(res, out / "scarcity.png")):
         files["scarcity"] = p
     if "pr" in res:
         e = res["experiments"]["pr"]
         p = plot_pr(res, out / "pr_curves.png",
-                    f"Precision-recall over Hamming radius, {e['bits']} bits, "
+                    f"Precision-recall over Hamming radius\n{e['bits']} bits, "
                     f"labels {_pct(float(e['label_fraction']))}")
         if p:
             files["pr"] = p

@@ -65,6 +65,7 @@ def run_suite(
     on_start: Optional[Callable[[TrainConfig, Trainer, int, int], None]] = None,
     on_done: Optional[Callable[[TrainConfig, dict, bool, int, int], None]] = None,
     command: str = "",
+    note: str = "",
     report: bool = True,
     shard: Optional[tuple[int, int]] = None,
     on_error: Optional[Callable[[TrainConfig, BaseException], None]] = None,
@@ -148,7 +149,7 @@ def run_suite(
     if report:
         from coophash.suite.report import write_report
 
-        result.files = write_report(result, command=command)
+        result.files = write_report(result, command=command, note=note)
     return result
 
 
