@@ -369,9 +369,9 @@ def test_gan_stage_lock_is_exclusive_across_file_handles(tmp_path):
 
     folder = tmp_path / "gans" / "abc"
     with stage_lock(folder):
-        with open(tmp_path / "gans" / "abc.lock", "a+b") as other:
+        with open(tmp_path / "gans" / "abc" / ".lock", "a+b") as other:
             with pytest.raises(BlockingIOError):
                 fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    with open(tmp_path / "gans" / "abc.lock", "a+b") as other:  # released on exit
+    with open(tmp_path / "gans" / "abc" / ".lock", "a+b") as other:  # released on exit
         fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.flock(other.fileno(), fcntl.LOCK_UN)

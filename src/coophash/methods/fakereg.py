@@ -83,14 +83,14 @@ def preserved_rng() -> Iterator[None]:
 
 @contextlib.contextmanager
 def stage_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``<folder>.lock`` (POSIX ``flock``; no lock where fcntl is missing)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    """An exclusive lock on ``<folder>/.lock`` (POSIX ``flock``; no lock where fcntl is missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    with open(folder.parent / f"{folder.name}.lock", "a+b") as fh:
+    with open(folder / ".lock", "a+b") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
