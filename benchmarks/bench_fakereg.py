@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_baselines import PROTOCOL
 
-from coophash.bench import config_key, load_results, run_grid
+from coophash.bench import find_cached, load_results, run_grid
 from coophash.config import TrainConfig
 from coophash.losses import list_losses
 from coophash.utils.io import atomic_write_text
@@ -161,8 +161,8 @@ def _cell(vals: list[float]) -> str:
 
 
 def _baseline_map(args: argparse.Namespace, loss: str, lf: float, seed: int) -> float | None:
-    path = Path(args.baselines) / "results" / f"{config_key(baseline_cfg(args, loss, lf, seed))}.json"
-    return json.loads(path.read_text())["map@all"] if path.exists() else None
+    path = find_cached(args.baselines, baseline_cfg(args, loss, lf, seed))
+    return json.loads(path.read_text())["map@all"] if path is not None else None
 
 
 def render(args: argparse.Namespace, command: str) -> str:
@@ -219,7 +219,7 @@ def render(args: argparse.Namespace, command: str) -> str:
               "| λ | val mAP@all | query mAP@all |", "|---|---|---|"]
     b = _baseline_map(args, args.sweep_loss, args.sweep_fraction, 0)
     if b is not None:
-        bv = json.loads((Path(args.baselines) / "results" / f"{config_key(baseline_cfg(args, args.sweep_loss, args.sweep_fraction, 0))}.json").read_text())["best_val_map"]
+        bv = json.loads(find_cached(args.baselines, baseline_cfg(args, args.sweep_loss, args.sweep_fraction, 0)).read_text())["best_val_map"]
         lines.append(f"| 0 (baseline) | {bv:.4f} | {b:.4f} |")
     for r in sorted((r for r in sweep if Path(r["config"]["method_args"]["fakes"]).name == "fakes.safetensors"),
                     key=lambda r: r["config"]["method_args"]["fake_weight"]):

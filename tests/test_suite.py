@@ -351,3 +351,29 @@ def test_config_key_ignores_added_fields_at_their_default():
     assert bench_mod.config_key(cfg.replace(amp=False)) != bench_mod.config_key(cfg)
     with pytest.raises(ValueError, match="amp"):
         TrainConfig.from_dict({"amp": "yes"})
+
+
+def test_cached_result_found_across_execution_only_fields(tmp_path, monkeypatch):
+    """A result cached with another encoding batch / thread count (and before 'amp' existed) is reused."""
+    from coophash.config import TrainConfig
+
+    old = TrainConfig(eval_batch_size=512, threads=1, epochs=1)
+    d = old.to_dict()
+    d.pop("amp")  # made before the field existed
+    (tmp_path / "results").mkdir()
+    rec = {"key": "x", "config": d, "map@all": 0.5}
+    import hashlib
+
+    d_key = {k: v for k, v in d.items() if k not in ("out", "threads")}
+    digest = hashlib.sha1(json.dumps(d_key, sort_keys=True).encode()).hexdigest()[:10]
+    path = tmp_path / "results" / f"supervised-dpsh-32b-lf1-s0-{digest}.json"
+    path.write_text(json.dumps(rec))
+    assert bench_mod.find_cached(tmp_path, old) == path  # its own key
+    now = TrainConfig(eval_batch_size=128, threads=2, epochs=1)
+    assert bench_mod.config_key(now) != path.stem
+    assert bench_mod.find_cached(tmp_path, now) == path
+    assert bench_mod.find_cached(tmp_path, now.replace(lr=0.01)) is None
+    assert bench_mod.find_cached(tmp_path, now.replace(amp=False)) is None
+    assert bench_mod.find_cached(tmp_path, now.replace(device="cuda")) is None
+    monkeypatch.setattr(bench_mod.Trainer, "__init__", lambda *a, **k: pytest.fail("must not train"))
+    assert bench_mod.run_grid([now], tmp_path) == [rec]

@@ -23,7 +23,7 @@ from coophash.config import TrainConfig
 from coophash.train.trainer import Trainer
 from coophash.utils.io import atomic_write_text
 
-__all__ = ["config_key", "run_grid", "load_results", "aggregate", "format_table"]
+__all__ = ["config_key", "find_cached", "run_grid", "load_results", "aggregate", "format_table"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,37 @@ def config_key(cfg: TrainConfig) -> str:
             d.pop(name)
     digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg.method}-{cfg.loss}-{cfg.bits}b-lf{cfg.label_fraction:g}-s{cfg.seed}-{digest}"
+
+
+# fields that change how a run executes, not what it computes: a cached result made with other values of
+# these (an earlier default encoding batch, another thread count) is reused rather than trained again
+EXECUTION_FIELDS = ("out", "threads", "eval_batch_size")
+
+
+def _result_fields(config: Mapping[str, Any]) -> Any:
+    d = {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
+    for name, default in KEY_ADDED_DEFAULTS.items():
+        d.setdefault(name, default)  # results cached before the field existed ran at its default
+    return json.loads(json.dumps(d, sort_keys=True))
+
+
+def find_cached(out: str | Path, cfg: TrainConfig) -> Optional[Path]:
+    """The cached result file of ``cfg`` under ``out/results``: its own key, else a result whose config
+    differs only in :data:`EXECUTION_FIELDS`; None when there is none."""
+    res = Path(out) / "results"
+    key = config_key(cfg)
+    path = res / f"{key}.json"
+    if path.exists():
+        return path
+    want = _result_fields(cfg.to_dict())
+    for p in sorted(res.glob(f"{key.rsplit('-', 1)[0]}-*.json")):
+        try:
+            config = json.loads(p.read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if _result_fields(config) == want:
+            return p
+    return None
 
 
 ExtraEval = Callable[[Trainer], dict]
@@ -72,15 +103,16 @@ def run_grid(
         key = config_key(cfg)
         path = out / "results" / f"{key}.json"
         extras = dict(extra_evals(cfg)) if extra_evals else {}
-        if path.exists():
-            rec = json.loads(path.read_text())
+        found = find_cached(out, cfg)
+        if found is not None:
+            rec = json.loads(found.read_text())
             missing = sorted(set(extras) - set(rec.get("extra", {})))
             if not missing:
                 results.append(rec)
                 if on_done:
                     on_done(cfg, rec, True)
                 continue
-            log.warning("%s: cached result lacks %s; training it again", path, ", ".join(missing))
+            log.warning("%s: cached result lacks %s; training it again", found, ", ".join(missing))
         run_dir = out / "runs" / key
         try:
             trainer, res = _train(cfg, run_dir, on_start)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from coophash.bench import run_grid
+from coophash.bench import find_cached, run_grid
 from coophash.config import TrainConfig
 from coophash.suite.config import Suite, load_suite
 from coophash.suite.experiments import Plan, PlannedRun, extra_evals_for, plan_suite, search_cost
@@ -47,8 +47,8 @@ class SuiteRun:
 
 def cached_record(out: Path, run: PlannedRun) -> Optional[dict]:
     """The cached result of a planned run if it exists and holds every extra evaluation it needs."""
-    path = Path(out) / "results" / f"{run.key}.json"
-    if not path.exists():
+    path = find_cached(out, run.cfg)
+    if path is None:
         return None
     rec = json.loads(path.read_text())
     if set(run.extras) - set(rec.get("extra", {})):
