@@ -54,7 +54,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no unlabeled images in the density term": {"coop_no_unlabeled_density": True},
     "K = 10": {"langevin_steps": 10},
     "K = 15": {"langevin_steps": 15},
+    # the per-sample-normalised trunk that the GPU sweep (benchmarks/sweep_coophash.py) found, 3 seeds
+    "GroupNorm trunk (coop_trunk_norm=group)": {"coop_trunk_norm": "group"},
+    "GroupNorm trunk, cooperation off": {"coop_trunk_norm": "group", "coop_warmup_epochs": 1000.0},
 }
+GROUPNORM = [name for name in VARIANTS if name.startswith("GroupNorm")]
 
 
 def coop_cfg(lf: float, seed: int, threads: Optional[int], **extra: Any) -> TrainConfig:
@@ -92,6 +96,9 @@ def configs(args: argparse.Namespace) -> Iterator[TrainConfig]:
         for lf in (0.02, 0.1, 1.0):
             yield coop_cfg(lf, seed, t)
             yield coop_cfg(lf, seed, t, **off)
+    for seed in (1, 2):
+        for name in GROUPNORM:
+            yield coop_cfg(args.ablation_fraction, seed, t, **VARIANTS[name])
 
 
 # -- the document -----------------------------------------------------------------------------------------
