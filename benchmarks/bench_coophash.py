@@ -350,12 +350,7 @@ def main() -> None:
               f"({rec['seconds_per_epoch']:.1f} s/epoch)", flush=True)
         write_doc(out, Path(args.baselines), doc, command, args.ablation_fraction)
 
-    from coophash.bench import config_key
-
-    for cfg in cfgs:
-        alt = out / "results" / f"{config_key(cfg.replace(eval_batch_size=128))}.json"
-        if alt.exists():  # already measured with the later default eval batch size: not rerun
-            continue
+    for cfg in cfgs:  # run_grid skips cached configs (also those cached under another eval_batch_size)
         keep = cfg.method == "coophash" and cfg.seed == 0 and cfg.label_fraction == args.ablation_fraction \
             and cfg.method_args == RECIPE
         run_grid([cfg], out, on_done=None if keep else done, keep_runs=keep)
@@ -366,9 +361,12 @@ def main() -> None:
 
 
 def _result_path(out: Path, cfg: TrainConfig) -> Path:
-    from coophash.bench import config_key
+    from coophash.bench import find_cached
 
-    return out / "results" / f"{config_key(cfg)}.json"
+    path = find_cached(out, cfg)
+    if path is None:
+        raise FileNotFoundError(f"no cached result for {cfg.method} lf={cfg.label_fraction:g} seed={cfg.seed} in {out}")
+    return path
 
 
 def _annotate_main(out: Path, cfg: TrainConfig, args: argparse.Namespace) -> None:

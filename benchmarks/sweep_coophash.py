@@ -11,6 +11,7 @@ resumable like every grid (``coophash.bench.run_grid``).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_coophash import coop_cfg  # noqa: E402
-from coophash.bench import config_key, run_grid  # noqa: E402
+from coophash.bench import find_cached, run_grid  # noqa: E402
 
 LABEL_FRACTION = 0.02
 SEEDS = (0, 1)
@@ -60,7 +61,6 @@ def main() -> None:
     args = ap.parse_args()
     names = list(VARIANTS)
     if args.report:
-        res_dir = Path(args.out) / "results"
         print(f"CoopHash one-factor sweep, 32 bits, labels {LABEL_FRACTION:.0%}, device {args.device}; "
               f"mAP@all on the query split per seed {list(SEEDS)}\n")
         print("| variant | " + " | ".join(f"seed {s}" for s in SEEDS) + " | mean |")
@@ -68,8 +68,8 @@ def main() -> None:
         for name in names:
             vals = []
             for _, cfg in configs(args.device, [name]):
-                p = res_dir / f"{config_key(cfg)}.json"
-                vals.append(__import__("json").loads(p.read_text())["map@all"] if p.exists() else math.nan)
+                p = find_cached(args.out, cfg)
+                vals.append(json.loads(p.read_text())["map@all"] if p is not None else math.nan)
             done = [v for v in vals if not math.isnan(v)]
             mean = sum(done) / len(done) if done else math.nan
             print(f"| {name} | " + " | ".join("–" if math.isnan(v) else f"{v:.4f}" for v in vals)
