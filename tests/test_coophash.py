@@ -13,7 +13,7 @@ from coophash.methods.base import DataInfo, create_method
 from coophash.nets.descriptor import MultipurposeDescriptor, scale_grad
 from coophash.nets.pair_generator import PairGenerator, sample_negative_labels, shares_label
 from coophash.train import runs
-from coophash.train.phases import TrainingDiverged
+from coophash.methods.phases import TrainingDiverged
 from coophash.train.trainer import Trainer, prepare_data
 
 # -- descriptor -----------------------------------------------------------------------------------------

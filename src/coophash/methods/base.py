@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from coophash.config import TrainConfig
-from coophash.train.phases import Phase
+from coophash.methods.phases import Phase
 
 __all__ = ["Method", "DataInfo", "METHODS", "register_method", "create_method", "list_methods"]
 

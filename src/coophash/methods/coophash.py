@@ -39,7 +39,7 @@ from coophash.methods.base import DataInfo, Method, register_method
 from coophash.methods.langevin import LangevinConfig, LangevinStats, langevin_revise
 from coophash.nets.descriptor import DescriptorEncoder, MultipurposeDescriptor, log_p_y_given_x
 from coophash.nets.pair_generator import PairGenerator
-from coophash.train.phases import Phase, TrainingDiverged
+from coophash.methods.phases import Phase, TrainingDiverged
 
 __all__ = ["CoopHash", "CoopHashArgs"]
 

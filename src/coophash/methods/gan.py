@@ -35,7 +35,7 @@ from coophash.config import TrainConfig
 from coophash.losses.base import LossOutput
 from coophash.methods.base import DataInfo, Method, register_method
 from coophash.nets.dcgan import DCGANDiscriminator, DCGANGenerator
-from coophash.train.phases import Phase
+from coophash.methods.phases import Phase
 
 __all__ = [
     "FAKES_FILE",

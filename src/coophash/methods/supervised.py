@@ -10,7 +10,7 @@ from coophash.config import TrainConfig
 from coophash.losses import create_loss
 from coophash.methods.base import DataInfo, Method, register_method
 from coophash.nets import create_hashing_net
-from coophash.train.phases import Phase
+from coophash.methods.phases import Phase
 
 __all__ = ["SupervisedHashing"]
 

@@ -28,9 +28,10 @@ from coophash.metrics import evaluate
 from coophash.train import runs
 from coophash.train.augment import augment_batch
 from coophash.train.checkpoint import load_checkpoint, save_checkpoint
-from coophash.train.phases import TrainingDiverged
+from coophash.methods.phases import TrainingDiverged
 from coophash.train.sampler import StepSchedule
 from coophash.utils.io import atomic_write_text
+from coophash.utils.meter import RunningMeans
 
 __all__ = ["Trainer", "prepare_data", "encode_indices", "data_info", "seed_everything", "StepInfo"]
 
@@ -94,22 +95,6 @@ class StepInfo:
     epoch: int
     step_in_epoch: int
     global_step: int
-
-
-class _Meter:
-    """Running sums of named scalars, serialisable for mid-epoch resume."""
-
-    def __init__(self, sums: Optional[dict[str, float]] = None, count: int = 0) -> None:
-        self.sums = dict(sums or {})
-        self.count = count
-
-    def add(self, values: dict[str, float]) -> None:
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
-        self.count += 1
-
-    def means(self) -> dict[str, float]:
-        return {k: v / max(1, self.count) for k, v in self.sums.items()}
 
 
 class Trainer:
@@ -287,7 +272,7 @@ class Trainer:
         epoch = int(state["epoch"])
         while epoch < cfg.epochs:
             lab, unl = self.schedule.epoch(epoch)
-            meter = _Meter(state["meter"], int(state["meter_count"]))
+            meter = RunningMeans(state["meter"], int(state["meter_count"]))
             t0 = time.perf_counter() - float(state["epoch_seconds"])
             for s in range(int(state["step_in_epoch"]), spe):
                 ctx = self._batch(lab[s], unl[s])
