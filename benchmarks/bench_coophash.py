@@ -159,60 +159,84 @@ def verdict(lf: float, coop: float, base: float) -> str:
     return f"{diff:+.4f} vs the best baseline (target ≥ 0): {'met' if diff >= 0 else 'not met'}"
 
 
+OFF = "cooperation off (same descriptor and losses, supervised terms only)"
+
+
 def write_doc(out: Path, baselines: Path, doc: Path, command: str, ablation_lf: float) -> None:
     """Render cached results into the benchmark section of docs/coophash.md (between markers)."""
-    res = load_results(out)
+    by = _by_variant(load_results(out))
+    best = best_baselines(baselines)
+    lines = ["<!-- bench:start (written by benchmarks/bench_coophash.py) -->", "",
+             f"Command: `{command}`", "",
+             "mAP@all on the query split (500 queries vs 4,000 database codes), 32 bits, mean ± sample std over "
+             "seeds (n in brackets); 10 epochs of 63 steps, best epoch chosen on the validation split. "
+             f"Results: `{out}/results/*.json`.", ""]
+    lines += _comparison_lines(by, best)
+    timing = out / "timing.json"
+    tj = json.loads(timing.read_text()) if timing.exists() else None
+    lines += _ablation_lines(by, ablation_lf, tj)
+    if tj is not None:
+        lines += _timing_lines(tj)
+    lines += _diagnostic_lines(by, ablation_lf)
+    lines.append("<!-- bench:end -->")
+    _replace_block(doc, "\n".join(lines))
+
+
+def _by_variant(res: list[dict]) -> dict[tuple[str, float], list[dict]]:
+    """Results per (variant, label fraction); a config rerun with another eval batch size counts once."""
     by: dict[tuple[str, float], list[dict]] = {}
     seen: dict[tuple[str, float, int], dict] = {}
-    # one result per (variant, fraction, seed): a config rerun with another eval batch size counts once
     for r in sorted(res, key=lambda r: r["config"].get("eval_batch_size") != EVAL_BATCH):
         v = _variant(r)
         if v is not None:
             seen.setdefault((v, r["config"]["label_fraction"], r["config"]["seed"]), r)
     for (v, lf, _seed), r in seen.items():
         by.setdefault((v, lf), []).append(r)
+    return by
 
-    def vals(v: str, lf: float, key: str = "map@all") -> list[float]:
-        return [r[key] for r in by.get((v, lf), [])]
 
-    best = best_baselines(baselines)
+def _vals(by: dict[tuple[str, float], list[dict]], v: str, lf: float, key: str = "map@all") -> list[float]:
+    return [r[key] for r in by.get((v, lf), [])]
+
+
+def _comparison_lines(by: dict[tuple[str, float], list[dict]],
+                      best: dict[float, tuple[str, list[float], float]]) -> list[str]:
+    """CoopHash against the best supervised baseline and the same-trunk references, with the targets' verdicts."""
     lfs = (1.0, 0.1, 0.02)
-    lines = ["<!-- bench:start (written by benchmarks/bench_coophash.py) -->", "",
-             f"Command: `{command}`", "",
-             "mAP@all on the query split (500 queries vs 4,000 database codes), 32 bits, mean ± sample std over "
-             "seeds (n in brackets); 10 epochs of 63 steps, best epoch chosen on the validation split. "
-             f"Results: `{out}/results/*.json`.", "",
-             "### CoopHash vs the best supervised baseline", "",
+    lines = ["### CoopHash vs the best supervised baseline", "",
              "| | labels 1.0 | labels 0.1 | labels 0.02 |", "|---|---|---|---|"]
     row_best = [f"{best[lf][0]}: {_fmt(best[lf][1])}" if lf in best else "(pending)" for lf in lfs]
     lines.append("| best baseline (smallconv with BN, docs/baselines.md) | " + " | ".join(row_best) + " |")
     lines.append(f"| {BASE_LOSS} on smallconv-nobn (CoopHash's trunk, no cooperation) | "
-                 + " | ".join(_fmt(vals("ref", lf)) for lf in lfs) + " |")
-    off = "cooperation off (same descriptor and losses, supervised terms only)"
+                 + " | ".join(_fmt(_vals(by, "ref", lf)) for lf in lfs) + " |")
     lines.append("| CoopHash descriptor, cooperation off (DPSH + category + quantisation on smallconv-nobn) | "
-                 + " | ".join(_fmt(vals(off, lf)) for lf in lfs) + " |")
-    lines.append("| **CoopHash** | " + " | ".join(_fmt(vals("coophash", lf)) for lf in lfs) + " |")
+                 + " | ".join(_fmt(_vals(by, OFF, lf)) for lf in lfs) + " |")
+    lines.append("| **CoopHash** | " + " | ".join(_fmt(_vals(by, "coophash", lf)) for lf in lfs) + " |")
     lines += ["", "| labels | CoopHash vs best baseline (means) |", "|---|---|"]
     for lf in lfs:
-        c = _stats(vals("coophash", lf))[0]
+        c = _stats(_vals(by, "coophash", lf))[0]
         if lf in best and not math.isnan(c):
             lines.append(f"| {lf:g} | {verdict(lf, c, _stats(best[lf][1])[0])} |")
         else:
             lines.append(f"| {lf:g} | (pending) |")
-    # ablations and K sweep
-    timing = out / "timing.json"
+    return lines
+
+
+def _ablation_lines(by: dict[tuple[str, float], list[dict]], ablation_lf: float,
+                    timing: Optional[dict[str, Any]]) -> list[str]:
+    """Every variant at the ablation fraction: mAP@all, s/epoch, and its step cost from the interleaved timing."""
     step_ratio: dict[str, float] = {}
-    if timing.exists():
-        for row in json.loads(timing.read_text())["rows"]:
+    if timing is not None:
+        for row in timing["rows"]:
             step_ratio[row["name"]] = row["ratio"]
     k_default = RECIPE.get("langevin_steps", 5)
-    lines += ["", f"### Ablations and Langevin steps (labels {ablation_lf:g}, seed 0 unless n > 1)", "",
-              "| variant | mAP@all | s/epoch in its run | × baseline step (interleaved timing) |", "|---|---|---|---|"]
+    lines = ["", f"### Ablations and Langevin steps (labels {ablation_lf:g}, seed 0 unless n > 1)", "",
+             "| variant | mAP@all | s/epoch in its run | × baseline step (interleaved timing) |", "|---|---|---|---|"]
     for name in VARIANTS:
-        v = vals(name, ablation_lf)
+        v = _vals(by, name, ablation_lf)
         if not v:
             continue
-        secs = _stats(vals(name, ablation_lf, "seconds_per_epoch"))[0]
+        secs = _stats(_vals(by, name, ablation_lf, "seconds_per_epoch"))[0]
         label = name if name != "coophash" else f"CoopHash (K = {k_default})"
         k = VARIANTS[name].get("langevin_steps", k_default if name == "coophash" else None)
         ratio = step_ratio.get(f"CoopHash K = {k}") if k is not None else None
@@ -220,30 +244,40 @@ def write_doc(out: Path, baselines: Path, doc: Path, command: str, ablation_lf: 
     lines += ["", "Seconds per epoch are training steps only (validation excluded), on a 2-core machine shared with "
               "several other benchmark jobs, so they vary with the load of the moment; the interleaved timing below "
               "is the fair cost comparison.", ""]
-    if timing.exists():
-        tj = json.loads(timing.read_text())
-        lines += ["### Cost per training step, interleaved in one process (`--timing`)", "",
-                  "| network | s/step | × baseline step | s/epoch (63 steps) |", "|---|---|---|---|"]
-        for row in tj["rows"]:
-            lines.append(f"| {row['name']} | {row['s_per_step']:.3f} | {row['ratio']:.1f}× | "
-                         f"{row['s_per_step'] * tj['steps_per_epoch']:.1f} |")
-        lines.append("")
-    # diagnostics of the main run at the ablation fraction, seed 0
+    return lines
+
+
+def _timing_lines(tj: dict[str, Any]) -> list[str]:
+    lines = ["### Cost per training step, interleaved in one process (`--timing`)", "",
+             "| network | s/step | × baseline step | s/epoch (63 steps) |", "|---|---|---|---|"]
+    for row in tj["rows"]:
+        lines.append(f"| {row['name']} | {row['s_per_step']:.3f} | {row['ratio']:.1f}× | "
+                     f"{row['s_per_step'] * tj['steps_per_epoch']:.1f} |")
+    lines.append("")
+    return lines
+
+
+def _diagnostic_lines(by: dict[tuple[str, float], list[dict]], ablation_lf: float) -> list[str]:
+    """Per-epoch diagnostics and the judge's accuracy of the main run at the ablation fraction, seed 0."""
     main = [r for r in by.get(("coophash", ablation_lf), []) if r["config"]["seed"] == 0]
-    if main and main[0].get("diagnostics"):
-        lines += [f"### Diagnostics of the CoopHash run (labels {ablation_lf:g}, seed 0), per epoch", "",
-                  "| epoch | val mAP | energy gap | revision displacement | gen. cls acc (own head) | gen. mse |",
-                  "|---|---|---|---|---|---|"]
-        for d in main[0]["diagnostics"]:
-            lines.append("| {epoch} | {val_map:.4f} | {gap:.3f} | {disp:.3f} | {acc:.3f} | {mse:.4f} |".format(**d))
-        if main[0].get("judge"):
-            j = main[0]["judge"]
-            lines += ["", "Independent judge (a small classifier trained on the real training images with all "
-                      "their labels, never on generated ones), accuracy against the conditioning labels: "
-                      + ", ".join(f"{k[10:]} {v:.3f}" for k, v in j.items()) + "."]
-        lines.append("")
-    lines.append("<!-- bench:end -->")
-    block = "\n".join(lines)
+    if not (main and main[0].get("diagnostics")):
+        return []
+    lines = [f"### Diagnostics of the CoopHash run (labels {ablation_lf:g}, seed 0), per epoch", "",
+             "| epoch | val mAP | energy gap | revision displacement | gen. cls acc (own head) | gen. mse |",
+             "|---|---|---|---|---|---|"]
+    for d in main[0]["diagnostics"]:
+        lines.append("| {epoch} | {val_map:.4f} | {gap:.3f} | {disp:.3f} | {acc:.3f} | {mse:.4f} |".format(**d))
+    if main[0].get("judge"):
+        j = main[0]["judge"]
+        lines += ["", "Independent judge (a small classifier trained on the real training images with all "
+                  "their labels, never on generated ones), accuracy against the conditioning labels: "
+                  + ", ".join(f"{k[10:]} {v:.3f}" for k, v in j.items()) + "."]
+    lines.append("")
+    return lines
+
+
+def _replace_block(doc: Path, block: str) -> None:
+    """Put ``block`` between the bench markers of ``doc`` (or append a Benchmark section)."""
     text = doc.read_text() if doc.exists() else "# CoopHash\n\n## Benchmark\n\n<!-- bench:start -->\n<!-- bench:end -->\n"
     if "<!-- bench:start" in text and "<!-- bench:end -->" in text:
         head = text[: text.index("<!-- bench:start")]
@@ -373,8 +407,8 @@ def _annotate_main(out: Path, cfg: TrainConfig, args: argparse.Namespace) -> Non
     """Add per-epoch diagnostics, the independent judge's accuracy and a sample grid to the main run's result."""
     from coophash.api import load_run
     from coophash.bench import config_key
-    from coophash.methods.coophash_sample import judge_accuracy, train_judge, write_sample
-    from coophash.train.trainer import prepare_data
+    from coophash.methods.coophash_sample import judge_accuracy, write_sample
+    from coophash.pipeline.judge import judge_config, train_judge
 
     path = _result_path(out, cfg)
     rec = json.loads(path.read_text())
@@ -383,11 +417,7 @@ def _annotate_main(out: Path, cfg: TrainConfig, args: argparse.Namespace) -> Non
     run_dir = out / "runs" / config_key(cfg)
     rec["diagnostics"] = _diagnostics(run_dir)
     _cfg, method = load_run(run_dir, which="best")
-    ds, mf = prepare_data(cfg)
-    import numpy as np
-
-    train = np.asarray(mf.train)
-    judge = train_judge(ds.images(train), ds.labels[train], epochs=3, seed=0)
+    judge = train_judge(judge_config(cfg, epochs=3, seed=0), run_dir / "judge")  # real training images only
     rec["judge"] = judge_accuracy(judge, method, n_per_class=20, seed=0)
     write_sample(method, Path("docs") / "coophash_samples.png", per_class=4, seed=0)
     atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True) + "\n")

@@ -22,13 +22,13 @@ import os
 import platform
 import sys
 import time
+from typing import Any, Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss (OpenMP) is imported
 
 import numpy as np  # noqa: E402
 
 from coophash.index import HammingIndex  # noqa: E402
-from coophash.index import _kernels  # noqa: E402
 
 
 def _make_data(n: int, nq: int, nbits: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +65,7 @@ def _run_round_robin(methods: dict, repeat: int) -> dict[str, list[float]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print markdown tables."""
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="database codes")
     ap.add_argument("--nq", type=int, default=1000, help="queries")
@@ -77,19 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-threads2", action="store_true", help="skip the 2-thread numba row")
     ap.add_argument("--no-numpy", action="store_true", help="skip the (slow) NumPy backend")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def _numba_version() -> str:
     try:
-        import faiss
+        import numba
     except ImportError:
-        print("faiss is not installed; this benchmark compares against faiss.IndexBinaryFlat", file=sys.stderr)
-        return 2
-    faiss.omp_set_num_threads(1)
+        return "missing"
+    return str(numba.__version__)
 
+
+def _print_setup(args: argparse.Namespace, faiss: Any) -> None:
     print(f"# coophash HammingIndex benchmark  ({_dt.datetime.now().isoformat(timespec='seconds')})")
     print(
         f"python {platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}, "
-        f"numba {getattr(_kernels.numba, '__version__', 'missing')}, {platform.processor() or platform.machine()}, "
+        f"numba {_numba_version()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs"
     )
     print(
@@ -97,88 +99,87 @@ def main(argv: list[str] | None = None) -> int:
         f"best of {args.repeat}; FAISS omp threads=1, coophash n_threads=1 unless stated; OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY')}"
     )
-    topk_rows: list[str] = []
-    radius_rows: list[str] = []
-    all_ok = True
-    for nbits in args.bits:
-        db, q = _make_data(args.n, args.nq, nbits, args.seed + nbits)
-        fidx = faiss.IndexBinaryFlat(8 * db.shape[1])
-        fidx.add(db)
-        fidx.search(q[:2], args.k)
 
-        backends: dict[str, HammingIndex] = {"numba": HammingIndex(nbits, "numba", n_threads=1)}
-        if not args.no_threads2:
-            backends["numba, 2 threads"] = HammingIndex(nbits, "numba", n_threads=2)
-        if not args.no_numpy:
-            backends["numpy"] = HammingIndex(nbits, "numpy")
-        backends["faiss (coophash wrapper)"] = HammingIndex(nbits, "faiss")
-        for idx in backends.values():
-            idx.add(db)
-            idx.search(q[:2], args.k)  # warm-up: JIT compile / cache load, FAISS index build
 
-        results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+def _backends(args: argparse.Namespace, nbits: int, db: np.ndarray, q: np.ndarray) -> dict[str, HammingIndex]:
+    """The coophash indexes compared, filled with ``db`` and warmed up (JIT compiled, FAISS index built)."""
+    backends: dict[str, HammingIndex] = {"numba": HammingIndex(nbits, "numba", n_threads=1)}
+    if not args.no_threads2:
+        backends["numba, 2 threads"] = HammingIndex(nbits, "numba", n_threads=2)
+    if not args.no_numpy:
+        backends["numpy"] = HammingIndex(nbits, "numpy")
+    backends["faiss (coophash wrapper)"] = HammingIndex(nbits, "faiss")
+    for idx in backends.values():
+        idx.add(db)
+        idx.search(q[:2], args.k)  # warm-up: JIT compile / cache load, FAISS index build
+    return backends
 
-        def runner(name: str, idx: HammingIndex):
-            def fn() -> None:
-                results[name] = idx.search(q, args.k)
-            return fn
 
-        fres: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+def _topk_rows(args: argparse.Namespace, nbits: int, q: np.ndarray, fidx: Any,
+               backends: dict[str, HammingIndex]) -> tuple[list[str], bool]:
+    """Exhaustive top-k: table rows (FAISS first) and whether every answer agrees."""
+    results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-        def faiss_fn() -> None:
-            fres["faiss"] = fidx.search(q, args.k)
+    def runner(name: str, idx: HammingIndex) -> Callable[[], None]:
+        def fn() -> None:
+            results[name] = idx.search(q, args.k)
+        return fn
 
-        methods = {"FAISS IndexBinaryFlat": faiss_fn}
-        methods.update({name: runner(name, idx) for name, idx in backends.items()})
-        times = _run_round_robin(methods, args.repeat)
-        t_faiss = _best(times["FAISS IndexBinaryFlat"], args.nq)
-        D_ref, I_ref = results["numba"]
-        same_d_as_faiss = np.array_equal(D_ref, fres["faiss"][0].astype(np.int32))
-        all_ok &= same_d_as_faiss
-        topk_rows.append(f"| {nbits} | FAISS IndexBinaryFlat | {t_faiss:.3f} | 1.00 | reference |")
-        for name in backends:
-            t = _best(times[name], args.nq)
-            D, I = results[name]
-            ok = np.array_equal(D, D_ref) and np.array_equal(I, I_ref) and same_d_as_faiss
-            all_ok &= ok
-            topk_rows.append(
-                f"| {nbits} | {name} | {t:.3f} | {t_faiss / t:.2f} | {'identical' if ok else 'MISMATCH'} |"
-            )
+    fres: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-        # ---------------- radius search: MIH vs scan (numba backend, single thread)
-        idx = backends["numba"]
-        r = args.radius
-        idx.range_search(q[:2], r, method="scan")  # warm-up (JIT)
-        t0 = time.perf_counter()
-        idx.range_search(q[:1], r, method="mih")  # builds the MIH tables (+ warm-up)
-        t_build = time.perf_counter() - t0
-        idx.range_search(q[:2], r, method="mih")
-        rres: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    def faiss_fn() -> None:
+        fres["faiss"] = fidx.search(q, args.k)
 
-        def rs(method: str):
-            def fn() -> None:
-                rres[method] = idx.range_search(q, r, method=method)
-            return fn
-
-        def faiss_range() -> None:
-            rres["faiss"] = fidx.range_search(q, r + 1)
-
-        rtimes = _run_round_robin({"scan": rs("scan"), "mih": rs("mih"), "faiss": faiss_range}, args.repeat)
-        idx.range_search(q[:1], r, method="auto")
-        auto_choice = idx.last_range_method
-        t_scan = _best(rtimes["scan"], args.nq)
-        t_mih = _best(rtimes["mih"], args.nq)
-        t_frange = _best(rtimes["faiss"], args.nq)
-        ok = all(np.array_equal(a, b) for a, b in zip(rres["scan"], rres["mih"]))
-        ok &= np.array_equal(rres["scan"][0], np.asarray(rres["faiss"][0], dtype=np.int64))
+    methods = {"FAISS IndexBinaryFlat": faiss_fn}
+    methods.update({name: runner(name, idx) for name, idx in backends.items()})
+    times = _run_round_robin(methods, args.repeat)
+    t_faiss = _best(times["FAISS IndexBinaryFlat"], args.nq)
+    D_ref, I_ref = results["numba"]
+    same_d_as_faiss = np.array_equal(D_ref, fres["faiss"][0].astype(np.int32))
+    all_ok = bool(same_d_as_faiss)
+    rows = [f"| {nbits} | FAISS IndexBinaryFlat | {t_faiss:.3f} | 1.00 | reference |"]
+    for name in backends:
+        t = _best(times[name], args.nq)
+        D, I = results[name]
+        ok = np.array_equal(D, D_ref) and np.array_equal(I, I_ref) and same_d_as_faiss
         all_ok &= ok
-        hits = rres["mih"][0][-1] / args.nq
-        radius_rows.append(
-            f"| {nbits} | {r} | {t_scan:.4f} | {t_mih * 1e3:.2f} | {t_scan / t_mih:,.0f}x | {t_frange:.3f} "
-            f"| {t_build:.2f} | {hits:.2f} | {auto_choice} | {'identical' if ok else 'MISMATCH'} |"
-        )
-        del backends, idx, fidx
+        rows.append(f"| {nbits} | {name} | {t:.3f} | {t_faiss / t:.2f} | {'identical' if ok else 'MISMATCH'} |")
+    return rows, all_ok
 
+
+def _radius_row(args: argparse.Namespace, nbits: int, q: np.ndarray, fidx: Any, idx: HammingIndex) -> tuple[str, bool]:
+    """Radius search, MIH against the scan (numba backend, single thread) and FAISS: one table row, agreement."""
+    r = args.radius
+    idx.range_search(q[:2], r, method="scan")  # warm-up (JIT)
+    t0 = time.perf_counter()
+    idx.range_search(q[:1], r, method="mih")  # builds the MIH tables (+ warm-up)
+    t_build = time.perf_counter() - t0
+    idx.range_search(q[:2], r, method="mih")
+    rres: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def rs(method: str) -> Callable[[], None]:
+        def fn() -> None:
+            rres[method] = idx.range_search(q, r, method=method)
+        return fn
+
+    def faiss_range() -> None:
+        rres["faiss"] = fidx.range_search(q, r + 1)
+
+    rtimes = _run_round_robin({"scan": rs("scan"), "mih": rs("mih"), "faiss": faiss_range}, args.repeat)
+    idx.range_search(q[:1], r, method="auto")
+    auto_choice = idx.last_range_method
+    t_scan = _best(rtimes["scan"], args.nq)
+    t_mih = _best(rtimes["mih"], args.nq)
+    t_frange = _best(rtimes["faiss"], args.nq)
+    ok = all(np.array_equal(a, b) for a, b in zip(rres["scan"], rres["mih"]))
+    ok &= np.array_equal(rres["scan"][0], np.asarray(rres["faiss"][0], dtype=np.int64))
+    hits = rres["mih"][0][-1] / args.nq
+    row = (f"| {nbits} | {r} | {t_scan:.4f} | {t_mih * 1e3:.2f} | {t_scan / t_mih:,.0f}x | {t_frange:.3f} "
+           f"| {t_build:.2f} | {hits:.2f} | {auto_choice} | {'identical' if ok else 'MISMATCH'} |")
+    return row, bool(ok)
+
+
+def _print_tables(args: argparse.Namespace, topk_rows: list[str], radius_rows: list[str], all_ok: bool) -> None:
     print()
     print(f"## Exhaustive top-{args.k} (ms/query; speed-up = FAISS time / ours, >1 means faster than FAISS)")
     print()
@@ -196,6 +197,35 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(radius_rows))
     print()
     print("all answers checked:", "OK" if all_ok else "MISMATCH FOUND")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print markdown tables."""
+    args = _parse_args(argv)
+    try:
+        import faiss
+    except ImportError:
+        print("faiss is not installed; this benchmark compares against faiss.IndexBinaryFlat", file=sys.stderr)
+        return 2
+    faiss.omp_set_num_threads(1)
+    _print_setup(args, faiss)
+    topk_rows: list[str] = []
+    radius_rows: list[str] = []
+    all_ok = True
+    for nbits in args.bits:
+        db, q = _make_data(args.n, args.nq, nbits, args.seed + nbits)
+        fidx = faiss.IndexBinaryFlat(8 * db.shape[1])
+        fidx.add(db)
+        fidx.search(q[:2], args.k)
+        backends = _backends(args, nbits, db, q)
+        rows, ok = _topk_rows(args, nbits, q, fidx, backends)
+        topk_rows += rows
+        all_ok &= ok
+        row, ok = _radius_row(args, nbits, q, fidx, backends["numba"])
+        radius_rows.append(row)
+        all_ok &= ok
+        del backends, fidx
+    _print_tables(args, topk_rows, radius_rows, all_ok)
     return 0 if all_ok else 1
 
 

@@ -16,6 +16,8 @@ def test_hasher_fit_encode_and_reload(tmp_path):
     codes = h.encode(ds.images(mf.query))
     assert codes.dtype == np.uint8 and codes.shape == (len(mf.query), 2)
     assert (codes[:, 1] >> 4).max() == 0  # padding bits of a 12-bit code stay zero
+    assert h.encode(torch.zeros(0, 1, 8, 8)).shape == (0, 2)
+    np.testing.assert_array_equal(h.encode(ds.images(mf.query), batch_size=7), codes)  # batching changes nothing
     db = h.encode(ds.images(mf.database))
     m = mean_average_precision(codes, db, ds.labels[mf.query].numpy(), ds.labels[mf.database].numpy(), 12)
     assert m == pytest.approx(h.results_["map@all"])

@@ -6,6 +6,7 @@ import math
 import os
 import random
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -555,3 +556,37 @@ def test_find_run(tmp_path, monkeypatch):
 def test_run_folder_file_names():
     assert (runs.CONFIG, runs.MANIFEST, runs.METRICS, runs.BEST, runs.LAST) == (
         "config.yaml", "manifest.json", "metrics.jsonl", "best.safetensors", "last.safetensors")
+
+
+def test_run_tag_and_new_run_dir(tmp_path):
+    from coophash.config import TrainConfig
+
+    cfg = TrainConfig(method="supervised", loss="csq", dataset="digits", bits=16, label_fraction=0.25, seed=3,
+                      out=str(tmp_path / "runs"))
+    assert runs.run_tag(cfg) == "supervised-csq-digits-16b-lf0.25-s3"
+    assert runs.run_tag(cfg.replace(method="gan")) == "gan-digits-s3"
+    a = runs.new_run_dir(cfg)
+    b = runs.new_run_dir(cfg, tag="demo")
+    assert (a.name, b.name) == ("00000-supervised-csq-digits-16b-lf0.25-s3", "00001-demo")
+    assert a.parent == tmp_path / "runs" and a.is_dir()
+
+
+def test_resolve_run(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    a = runs.create_run_dir(root, "mnist")
+    b = runs.create_run_dir(root, "cifar")
+    (a / runs.LAST).write_bytes(b"x")
+    # no best yet: best falls back to last; a checkpoint that does not exist is still named
+    assert runs.resolve_run("0", root) == (a, a / runs.LAST)
+    assert runs.resolve_run(0, root, which="last") == (a, a / runs.LAST)
+    (a / runs.BEST).write_bytes(b"x")
+    assert runs.resolve_run("00000-mnist", root) == (a, a / runs.BEST)
+    assert runs.resolve_run(a, "elsewhere") == (a, a / runs.BEST)
+    assert runs.resolve_run(str(a / runs.LAST), "elsewhere") == (a, a / runs.LAST)
+    assert runs.resolve_run("1", root) == (b, b / runs.LAST)
+    monkeypatch.chdir(tmp_path)
+    assert runs.resolve_run("runs/00001-cifar")[0] == Path("runs/00001-cifar")
+    with pytest.raises(FileNotFoundError, match="no run matches '7'"):
+        runs.resolve_run(7, root)
+    with pytest.raises(ValueError, match="best or last"):
+        runs.resolve_run(0, root, which="first")

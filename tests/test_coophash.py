@@ -394,3 +394,12 @@ def test_unknown_or_bad_args_are_refused():
         create_method(TrainConfig(method="coophash", method_args={"langevin_stepz": 3}), info, torch.device("cpu"))
     with pytest.raises(ValueError, match="langevin_form"):
         create_method(TrainConfig(method="coophash", method_args={"langevin_form": "hmc"}), info, torch.device("cpu"))
+
+
+def test_args_become_the_objective_weights():
+    info = DataInfo(n_classes=10, channels=1, image_size=8, n_train=100)
+    cfg = TrainConfig(method="coophash", bits=16, method_args={"coop_triplet_margin": 0.5, "coop_gamma": 0.03})
+    w = create_method(cfg, info, torch.device("cpu")).weights
+    assert w.triplet_margin == 8.0 and w.gamma == 0.03 and w.triplet == 1.0 and w.gen_hash == 0.0
+    cfg = TrainConfig(method="coophash", bits=16, method_args={"coop_no_triplet": True})
+    assert create_method(cfg, info, torch.device("cpu")).weights.triplet == 0.0

@@ -16,15 +16,15 @@ from coophash.losses.entropy import (
     bit_entropy_loss,
     class_entropy_loss,
 )
-from coophash.methods.gan import (
+from coophash.nets.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_levels
+from coophash.nets.output import HashOutput
+from coophash.pipeline.gan import (
     FAKES_FILE,
     LOSSES_FILE,
     SAMPLES_FILE,
     gan_config,
     train_gan,
 )
-from coophash.nets.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_levels
-from coophash.nets.output import HashOutput
 from coophash.train import runs
 from coophash.train.trainer import Trainer, prepare_data
 
@@ -365,7 +365,7 @@ def test_one_command_path_trains_the_gan_then_reuses_it(tmp_path):
 
 def test_gan_stage_lock_is_exclusive_across_file_handles(tmp_path):
     fcntl = pytest.importorskip("fcntl")
-    from coophash.methods.fakereg import stage_lock
+    from coophash.pipeline import stage_lock
 
     folder = tmp_path / "gans" / "abc"
     with stage_lock(folder):

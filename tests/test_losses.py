@@ -545,7 +545,7 @@ def test_triplet_loss_matches_loop() -> None:
 def test_registry_names() -> None:
     assert list_losses() == sorted(["dsh", "dpsh", "hashnet", "csq", "greedyhash", "orthohash"])
     assert isinstance(create_loss("CSQ", 16, 10), CSQLoss)
-    with pytest.raises(KeyError, match="available"):
+    with pytest.raises(KeyError, match="unknown loss .nope.; known: csq, dpsh"):
         create_loss("nope", 16, 10)
     with pytest.raises(TypeError, match="unknown hyperparameter"):
         create_loss("dsh", 16, 10, eta=0.1)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from coophash import bench as bench_mod
 from coophash.suite import SuiteError, auroc, auroc_reference, load_suite, run_suite, shipped_suites
 from coophash.suite.experiments import plan_suite
+from coophash.train.trainer import Trainer
 
 TINY = textwrap.dedent("""
     name: tiny
@@ -241,7 +242,7 @@ def test_tiny_suite_trains_caches_and_reports(tiny):
 def test_tiny_suite_rerun_trains_nothing(tiny, monkeypatch):
     path, out, first = tiny
     calls = []
-    monkeypatch.setattr(bench_mod.Trainer, "fit", lambda self, *a, **k: calls.append(self.cfg) or {})
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: calls.append(self.cfg) or {})
     again = run_suite(path, out=out)
     assert calls == [] and again.trained == 0
     assert set(again.records) == set(first.records)
@@ -304,7 +305,7 @@ def test_shards_partition_the_runs_and_keep_going_skips_failures(tiny, tmp_path,
     def boom(self, *a, **k):
         raise _Boom(self.cfg.method)
 
-    monkeypatch.setattr(bench_mod.Trainer, "fit", boom)
+    monkeypatch.setattr(Trainer, "fit", boom)
     tried: dict[int, list[str]] = {}
     n = 3
     for i in range(n):
@@ -375,5 +376,5 @@ def test_cached_result_found_across_execution_only_fields(tmp_path, monkeypatch)
     assert bench_mod.find_cached(tmp_path, now.replace(lr=0.01)) is None
     assert bench_mod.find_cached(tmp_path, now.replace(amp=False)) is None
     assert bench_mod.find_cached(tmp_path, now.replace(device="cuda")) is None
-    monkeypatch.setattr(bench_mod.Trainer, "__init__", lambda *a, **k: pytest.fail("must not train"))
+    monkeypatch.setattr(Trainer, "__init__", lambda *a, **k: pytest.fail("must not train"))
     assert bench_mod.run_grid([now], tmp_path) == [rec]

@@ -1,6 +1,7 @@
 """The shared trainer: a killed run resumes to the same result; selection uses validation; run folder."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -99,3 +100,63 @@ def test_config_errors(tmp_path):
 
     with pytest.raises(ValueError, match="mapping"):
         load_config(bad)
+
+
+# -------------------------------------------------------------------------------------- progress
+def test_progress_callback_sees_every_step_and_resumes_where_it_stopped(tmp_path):
+    cfg = small_cfg(tmp_path)
+    ds, mf = prepare_data(cfg)
+    seen = []
+    trainer = Trainer(cfg, tmp_path / "run", ds, mf, progress=seen.append, stage="hash")
+    spe = trainer.schedule.steps_per_epoch
+    trainer.fit()
+    assert len(seen) == cfg.epochs * spe
+    assert [p.done for p in seen] == list(range(1, cfg.epochs * spe + 1))
+    assert all(p.stage == "hash" and p.total == cfg.epochs * spe and p.steps_per_epoch == spe for p in seen)
+    assert seen[-1].epoch == cfg.epochs - 1 and seen[-1].step == spe and "hash/total" in seen[-1].values
+    assert not hasattr(trainer, "progress")  # set once, at construction
+
+    def bomb(info):
+        if info.global_step == spe + 7:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        Trainer(cfg, tmp_path / "killed", ds, mf).fit(step_callback=bomb)
+    again = []
+    Trainer(cfg, tmp_path / "killed", ds, mf, progress=again.append).fit(resume=True)
+    assert again[0].stage == "train" and again[0].done == spe + 6  # last checkpoint: step spe + 5, then one more
+    assert again[-1].done == again[-1].total
+
+
+# -------------------------------------------------------------------------------------- encoding
+def _reference_codes(u):
+    """Bits 1[u >= 0] packed LSB-first, one explicit loop per bit (the definition)."""
+    n, k = u.shape
+    out = np.zeros((n, (k + 7) // 8), dtype=np.uint8)
+    for i in range(n):
+        for j in range(k):
+            if float(u[i, j]) >= 0:
+                out[i, j // 8] |= 1 << (j % 8)
+    return out
+
+
+def test_encode_images_and_indices_match_the_definition():
+    from coophash.data import load_dataset
+    from coophash.train.encoding import encode_images, encode_indices
+
+    ds = load_dataset("digits")
+    weight = torch.randn(64, 12, generator=torch.Generator().manual_seed(0))
+
+    def encode_fn(x):
+        return x.flatten(1) @ weight
+
+    idx = np.arange(5, 205)
+    want = _reference_codes(encode_fn(ds.images(idx)))
+    for bs in (1, 7, 512):
+        np.testing.assert_array_equal(encode_indices(encode_fn, ds, idx, torch.device("cpu"), bs), want)
+        np.testing.assert_array_equal(encode_images(encode_fn, ds.images(idx), torch.device("cpu"), bs), want)
+    with pytest.raises(ValueError, match="no items"):
+        encode_indices(encode_fn, ds, np.zeros(0, np.int64), torch.device("cpu"))
+    from coophash.train.trainer import encode_indices as from_trainer  # the old home stays importable
+
+    assert from_trainer is encode_indices

@@ -12,13 +12,14 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from coophash.codes import binarize, pack_bits
-from coophash.config import TrainConfig
-from coophash.data import HashDataset, Manifest, make_protocol
+import coophash.pipeline as pipeline
+from coophash.config import TrainConfig, load_config
+from coophash.data import HashDataset, Manifest
 from coophash.methods import DataInfo, Method, create_method
 from coophash.train import runs
 from coophash.train.checkpoint import load_checkpoint, read_checkpoint_state
-from coophash.train.trainer import Trainer
+from coophash.train.encoding import encode_images
+from coophash.train.trainer import prepare_data
 
 __all__ = ["Hasher", "load_run"]
 
@@ -27,18 +28,10 @@ def load_run(
     run: Union[str, Path], which: str = "best", device: str = "cpu", root: Union[str, Path] = "runs"
 ) -> tuple[TrainConfig, Method]:
     """Rebuild the method of a run (folder, checkpoint file, or number/name under ``root``) with its weights."""
-    path = Path(run)
-    if path.is_file():
-        ckpt, run_dir = path, path.parent
-    else:
-        run_dir = path if path.is_dir() else runs.find_run(root, str(run))
-        ckpt = run_dir / (runs.BEST if which == "best" else runs.LAST)
-        if not ckpt.exists():
-            ckpt = run_dir / runs.LAST
+    run_dir, ckpt = runs.resolve_run(run, root, which)
     if not ckpt.exists():
         raise FileNotFoundError(f"{run_dir}: no checkpoint ({runs.BEST} or {runs.LAST})")
-    cfg = TrainConfig.from_dict(runs.read_config(run_dir / runs.CONFIG), str(run_dir / runs.CONFIG))
-    cfg = cfg.replace(device=device)
+    cfg = load_config(run_dir / runs.CONFIG).replace(device=device)
     state = read_checkpoint_state(ckpt)
     if "data_info" not in state:
         raise ValueError(f"{ckpt}: checkpoint lacks data_info; was it written by coophash train?")
@@ -95,21 +88,22 @@ class Hasher:
         )
 
     def fit(self, dataset: HashDataset, manifest: Optional[Manifest] = None) -> "Hasher":
-        """Train on ``dataset`` under ``manifest`` (default: the standard protocol with this seed)."""
+        """Train on ``dataset`` under ``manifest``.
+
+        Without a manifest, the config's (``Hasher(manifest="file.json")``) or else its protocol split with
+        ``split_seed`` (default: ``seed``) is used, exactly as ``coophash train`` does (same function).
+        """
         cfg = self._config(getattr(dataset, "name", "custom"))
-        if manifest is None:
-            manifest = make_protocol(dataset, cfg.protocol, seed=cfg.seed, label_fraction=cfg.label_fraction,
-                                     **cfg.protocol_args)
+        dataset, manifest = prepare_data(cfg, dataset, manifest)
         run_dir = Path(self.run_dir) if self.run_dir else Path(tempfile.mkdtemp(prefix="coophash-"))
-        trainer = Trainer(cfg, run_dir, dataset, manifest)
-        self.results_ = trainer.fit()
-        self.method_ = trainer.method
+        result = pipeline.train(cfg, run_dir, dataset=dataset, manifest=manifest)
+        self.results_ = result.results
+        self.method_ = result.trainer.method
         self.method_.train(False)
         self.run_dir_ = run_dir
         self.config_ = cfg
         return self
 
-    @torch.no_grad()
     def encode(self, images: Union[torch.Tensor, np.ndarray], batch_size: int = 512) -> np.ndarray:
         """Packed codes (n, ceil(bits/8)) of images (N, C, H, W) in [-1, 1]."""
         if not hasattr(self, "method_"):
@@ -117,11 +111,9 @@ class Hasher:
         x = torch.as_tensor(images, dtype=torch.float32)
         if x.ndim == 3:
             x = x[:, None]
-        out = []
-        for s in range(0, x.shape[0], batch_size):
-            u = self.method_.encode(x[s : s + batch_size].to(self.method_.device)).float().cpu()
-            out.append(pack_bits(binarize(u).numpy()))
-        return np.concatenate(out) if out else np.zeros((0, (self.bits + 7) // 8), np.uint8)
+        if x.shape[0] == 0:
+            return np.zeros((0, (self.bits + 7) // 8), np.uint8)
+        return encode_images(self.method_.encode, x, self.method_.device, batch_size)
 
     @classmethod
     def load(cls, run: Union[str, Path], which: str = "best", device: str = "cpu") -> "Hasher":

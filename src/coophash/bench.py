@@ -8,6 +8,9 @@ scalar under ``metrics`` and the ``pr_curve``) and, under ``extra``, what the op
 callbacks computed from the trained model right after training (out-of-distribution scores, retrieval on
 another dataset, ...), so that no run folder has to be kept for later evaluations.  A cached result that
 lacks an extra evaluation now asked for is trained again (training is seeded, so it gives the same model).
+Configs train through :func:`coophash.pipeline.train` (every stage they need); a result is filed under the
+key of the config asked for (:func:`config_key`), never of a stage's derived config, so caches stay valid.
+Extra evaluations see the trained run through an :class:`EvalContext`.
 """
 from __future__ import annotations
 
@@ -19,11 +22,20 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+import numpy as np
+import torch
+
 from coophash.config import TrainConfig
+from coophash.data import HashDataset, Manifest
+from coophash.methods.base import DataInfo, Method
+from coophash.pipeline import StageResult, train
+from coophash.train import runs
+from coophash.train.encoding import encode_indices
+from coophash.train.progress import ProgressFn
 from coophash.train.trainer import Trainer
 from coophash.utils.io import atomic_write_text
 
-__all__ = ["config_key", "find_cached", "run_grid", "load_results", "aggregate", "format_table"]
+__all__ = ["config_key", "find_cached", "run_grid", "EvalContext", "load_results", "aggregate", "format_table"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +87,33 @@ def find_cached(out: str | Path, cfg: TrainConfig) -> Optional[Path]:
     return None
 
 
-ExtraEval = Callable[[Trainer], dict]
+class EvalContext:
+    """A trained run as its extra evaluations see it: config, method, data, split and device.
+
+    One context per trained config is handed to every extra evaluation of that config, so that codes
+    computed by one (the database, say) are reused by the next instead of encoded again.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.cfg: TrainConfig = trainer.cfg
+        self.method: Method = trainer.method
+        self.ds: HashDataset = trainer.ds
+        self.manifest: Manifest = trainer.manifest
+        self.info: DataInfo = trainer.info
+        self.device: torch.device = trainer.device
+        self._codes: dict[tuple, np.ndarray] = {}
+
+    def codes(self, ds: HashDataset, idx: np.ndarray) -> np.ndarray:
+        """Packed codes of items ``idx`` of ``ds`` (this run's data or another dataset), encoded once per run."""
+        idx = np.asarray(idx, dtype=np.int64)
+        key = (ds.name, tuple(ds.image_shape), int(idx.size), idx.tobytes())
+        if key not in self._codes:
+            self._codes[key] = encode_indices(self.method.encode, ds, idx, self.device, self.cfg.eval_batch_size)
+        return self._codes[key]
+
+
+ExtraEval = Callable[[EvalContext], dict]
+ProgressFactory = Callable[[TrainConfig], Optional[ProgressFn]]
 
 
 def run_grid(
@@ -84,85 +122,105 @@ def run_grid(
     on_done: Optional[Callable[[TrainConfig, dict, bool], None]] = None,
     keep_runs: bool = False,
     extra_evals: Optional[Callable[[TrainConfig], Mapping[str, ExtraEval]]] = None,
-    on_start: Optional[Callable[[TrainConfig, Trainer], None]] = None,
+    on_start: Optional[ProgressFactory] = None,
     on_error: Optional[Callable[[TrainConfig, BaseException], None]] = None,
 ) -> list[dict]:
     """Train and evaluate every config not yet cached in ``out/results``; return all results.
 
-    ``on_error(cfg, exc)``, when given, receives the exception of a config that failed (its run folder
-    is kept for a resume) and the grid goes on with the next config; without it the exception propagates.
+    Training goes through :func:`coophash.pipeline.train` (every stage a config needs).  ``on_error(cfg,
+    exc)``, when given, receives the exception of a config that failed (its run folder is kept for a
+    resume) and the grid goes on with the next config; without it the exception propagates.
 
-    ``extra_evals(cfg)`` names evaluations ``fn(trainer) -> dict`` run on the best checkpoint right after
-    training and stored under ``result["extra"][name]``; ``on_start(cfg, trainer)`` is called before a
-    config trains (e.g. to attach a progress callback), ``on_done(cfg, result, cached)`` after each config.
+    ``extra_evals(cfg)`` names evaluations ``fn(ctx: EvalContext) -> dict`` run on the best checkpoint right
+    after training and stored under ``result["extra"][name]``; ``on_start(cfg)`` is called before a config
+    trains and may return the progress callback of its training; ``on_done(cfg, result, cached)`` is called
+    after each config.
     """
     out = Path(out)
     (out / "results").mkdir(parents=True, exist_ok=True)
     results = []
     for cfg in configs:
-        key = config_key(cfg)
-        path = out / "results" / f"{key}.json"
         extras = dict(extra_evals(cfg)) if extra_evals else {}
-        found = find_cached(out, cfg)
-        if found is not None:
-            rec = json.loads(found.read_text())
-            missing = sorted(set(extras) - set(rec.get("extra", {})))
-            if not missing:
-                results.append(rec)
-                if on_done:
-                    on_done(cfg, rec, True)
-                continue
-            log.warning("%s: cached result lacks %s; training it again", found, ", ".join(missing))
-        run_dir = out / "runs" / key
-        try:
-            trainer, res = _train(cfg, run_dir, on_start)
-        except Exception as exc:  # noqa: BLE001 - handed to on_error, or re-raised
-            if on_error is None:
-                raise
-            on_error(cfg, exc)
-            continue
-        epoch_secs = _epoch_seconds(run_dir)
-        rec = {
-            "key": key,
-            "config": cfg.to_dict(),
-            "map@all": res["map@all"],
-            "precision@r2": res.get("precision@r2"),
-            "best_val_map": res["best_val_map"],
-            "best_epoch": res["best_epoch"],
-            "seconds_per_epoch": epoch_secs,
-            "epoch_seconds": _epoch_seconds_list(run_dir),
-            "steps_per_epoch": trainer.schedule.steps_per_epoch,
-            "metrics": {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-            "pr_curve": res.get("pr_curve"),
-        }
-        if extras:
-            trainer.method.train(False)
+        rec = _cached_with(out, cfg, extras)
+        if rec is None:
             try:
-                rec["extra"] = {name: fn(trainer) for name, fn in sorted(extras.items())}
-            finally:
-                trainer.method.train(True)
-        atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True,
-                                           default=_json_default) + "\n")
-        if not keep_runs:
-            shutil.rmtree(run_dir, ignore_errors=True)
+                rec = _train_and_record(cfg, out, extras, keep_runs, on_start)
+            except Exception as exc:  # noqa: BLE001 - handed to on_error, or re-raised
+                if on_error is None:
+                    raise
+                on_error(cfg, exc)
+                continue
+            cached = False
+        else:
+            cached = True
         results.append(rec)
         if on_done:
-            on_done(cfg, rec, False)
+            on_done(cfg, rec, cached)
     return results
 
 
-def _train(cfg: TrainConfig, run_dir: Path,
-           on_start: Optional[Callable[[TrainConfig, Trainer], None]]) -> tuple[Trainer, dict]:
-    trainer = Trainer(cfg, run_dir)
-    if on_start:
-        on_start(cfg, trainer)
-    return trainer, trainer.fit(resume=(run_dir / "last.safetensors").exists())
+def _cached_with(out: Path, cfg: TrainConfig, extras: Mapping[str, ExtraEval]) -> Optional[dict]:
+    """The cached result of ``cfg`` if it holds every extra evaluation asked for, else None."""
+    found = find_cached(out, cfg)
+    if found is None:
+        return None
+    rec = json.loads(found.read_text())
+    missing = sorted(set(extras) - set(rec.get("extra", {})))
+    if not missing:
+        return rec
+    log.warning("%s: cached result lacks %s; training it again", found, ", ".join(missing))
+    return None
+
+
+def _train_and_record(cfg: TrainConfig, out: Path, extras: Mapping[str, ExtraEval], keep_runs: bool,
+                      on_start: Optional[ProgressFactory]) -> dict:
+    """Train ``cfg`` under ``out/runs/<key>``, run its extra evaluations and cache its result."""
+    key = config_key(cfg)
+    run_dir = out / "runs" / key
+    progress = on_start(cfg) if on_start else None
+    result = train(cfg, run_dir, resume=(run_dir / runs.LAST).exists(), progress=progress)
+    rec = _record(key, cfg, result, run_dir)
+    if extras:
+        rec["extra"] = _extra_results(result.trainer, extras)
+    atomic_write_text(out / "results" / f"{key}.json", json.dumps(rec, indent=1, sort_keys=True,
+                                                                  default=_json_default) + "\n")
+    if not keep_runs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return rec
+
+
+def _record(key: str, cfg: TrainConfig, result: StageResult, run_dir: Path) -> dict:
+    """The cached result of a trained config: query-split metrics of the best checkpoint, timings, config.
+
+    ``config`` is the config asked for (the one the key is made of), not a stage's config."""
+    res = result.results
+    return {
+        "key": key,
+        "config": cfg.to_dict(),
+        "map@all": res["map@all"],
+        "precision@r2": res.get("precision@r2"),
+        "best_val_map": res["best_val_map"],
+        "best_epoch": res["best_epoch"],
+        "seconds_per_epoch": _epoch_seconds(run_dir),
+        "epoch_seconds": _epoch_seconds_list(run_dir),
+        "steps_per_epoch": result.trainer.schedule.steps_per_epoch,
+        "metrics": {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "pr_curve": res.get("pr_curve"),
+    }
+
+
+def _extra_results(trainer: Trainer, extras: Mapping[str, ExtraEval]) -> dict[str, dict]:
+    """Every extra evaluation on the trained method (in eval mode), sharing one :class:`EvalContext`."""
+    ctx = EvalContext(trainer)
+    ctx.method.train(False)
+    try:
+        return {name: fn(ctx) for name, fn in sorted(extras.items())}
+    finally:
+        ctx.method.train(True)
 
 
 def _json_default(value: Any) -> Any:
     """numpy scalars and arrays as plain JSON values."""
-    import numpy as np
-
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -172,8 +230,6 @@ def _json_default(value: Any) -> Any:
 
 def _epoch_seconds_list(run_dir: Path) -> list[float]:
     """Training seconds of every epoch of a run (from its metrics.jsonl)."""
-    from coophash.train import runs
-
     recs = [r for r in runs.read_metrics(run_dir / runs.METRICS) if "seconds" in r and not r.get("final")]
     return [float(r["seconds"]) for r in recs]
 
@@ -209,7 +265,8 @@ def format_table(agg: dict[tuple, dict], row_key: int, col_key: int, fixed: dict
                  row_name: str, col_name: str, fmt: Callable[[Any], str] = str) -> str:
     """A Markdown table of mean ± std (n) with rows/cols from two config fields, others fixed."""
     rows = sorted({g[row_key] for g in agg if all(g[i] == v for i, v in fixed.items())}, key=str)
-    cols = sorted({g[col_key] for g in agg if all(g[i] == v for i, v in fixed.items())}, key=lambda v: -v if isinstance(v, (int, float)) else 0)
+    cols = sorted({g[col_key] for g in agg if all(g[i] == v for i, v in fixed.items())},
+                  key=lambda v: -v if isinstance(v, (int, float)) else 0)
     lines = [f"| {row_name} | " + " | ".join(f"{col_name} {fmt(c)}" for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for r in rows:

@@ -7,14 +7,16 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from coophash.codes import binarize, pack_bits
+import coophash.pipeline as pipeline
+from coophash.api import load_run
 from coophash.config import TrainConfig
-from coophash.data import load_dataset, make_protocol
 from coophash.index import HammingIndex
 from coophash.methods.lsh import RandomProjectionHash
 from coophash.metrics import evaluate
 from coophash.train import runs
-from coophash.train.trainer import encode_indices
+from coophash.train.encoding import encode_images, encode_indices
+from coophash.train.progress import ProgressFn
+from coophash.train.trainer import prepare_data
 
 __all__ = ["run_demo", "lsh_baseline"]
 
@@ -22,8 +24,9 @@ __all__ = ["run_demo", "lsh_baseline"]
 def lsh_baseline(ds, manifest, bits: int = 32, seed: int = 0) -> dict:
     """Random-projection (LSH) codes of the query and database splits, evaluated."""
     lsh = RandomProjectionHash(bits, seed=seed).fit(ds.images(manifest.train))
-    q = pack_bits(binarize(lsh.encode(ds.images(manifest.query))).numpy())
-    db = pack_bits(binarize(lsh.encode(ds.images(manifest.database))).numpy())
+    cpu = torch.device("cpu")
+    q = encode_images(lsh.encode, ds.images(manifest.query), cpu, batch_size=len(manifest.query))
+    db = encode_images(lsh.encode, ds.images(manifest.database), cpu, batch_size=len(manifest.database))
     res = evaluate(q, db, ds.labels[manifest.query].numpy(), ds.labels[manifest.database].numpy(), bits)
     res["chance_map"] = RandomProjectionHash.chance_map(ds.labels[manifest.database].numpy())
     return res
@@ -39,16 +42,15 @@ def run_demo(
     out: str = "runs",
     quick: bool = False,
     echo: Callable[[str], None] = print,
-    train_fn: Optional[Callable] = None,
+    progress: Optional[ProgressFn] = None,
 ) -> dict:
-    """Run the main job and return its figures (the CLI passes its echo and progress-bar trainer)."""
+    """Run the main job and return its figures (the CLI passes its echo and its progress bars)."""
     cfg = TrainConfig(out=out)
     if quick:
         cfg = cfg.replace(epochs=1)
     if epochs is not None:
         cfg = cfg.replace(epochs=epochs)
-    ds = load_dataset(cfg.dataset)
-    mf = make_protocol(ds, cfg.protocol, seed=cfg.seed, label_fraction=cfg.label_fraction)
+    ds, mf = prepare_data(cfg)
     echo(
         f"dataset {ds.name}: {len(ds)} images {tuple(ds.image_shape)}, {ds.n_classes} classes; protocol "
         f"{mf.protocol}: query {len(mf.query)}, validation {len(mf.validation)}, database {len(mf.database)}, "
@@ -57,20 +59,13 @@ def run_demo(
     lsh = lsh_baseline(ds, mf, cfg.bits, cfg.seed)
     echo(f"[LSH random projection, {cfg.bits} bits]  {_fmt(lsh)}  (chance mAP ~ {lsh['chance_map']:.3f})")
 
-    run_dir = runs.create_run_dir(cfg.out, f"demo-{cfg.method}-{cfg.loss}-{cfg.bits}b")
+    run_dir = runs.new_run_dir(cfg, tag=f"demo-{cfg.method}-{cfg.loss}-{cfg.bits}b")
     echo(f"training {cfg.method}/{cfg.loss}, {cfg.backbone}, {cfg.bits} bits, {cfg.epochs} epochs -> {run_dir}")
     t0 = time.perf_counter()
-    if train_fn is None:
-        from coophash.train.trainer import Trainer
-
-        res = Trainer(cfg, run_dir, ds, mf).fit()
-    else:
-        res = train_fn(cfg, run_dir, resume=False)
+    res = pipeline.train(cfg, run_dir, dataset=ds, manifest=mf, progress=progress).results
     echo(f"trained in {time.perf_counter() - t0:.0f} s; best validation mAP {res['best_val_map']:.4f} "
          f"at epoch {res['best_epoch']}")
     echo(f"[{cfg.method}/{cfg.loss}, {cfg.bits} bits, query split]  {_fmt(res)}")
-
-    from coophash.api import load_run
 
     _, method = load_run(run_dir)
     db_codes = encode_indices(method.encode, ds, mf.database, torch.device("cpu"))

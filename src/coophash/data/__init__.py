@@ -21,7 +21,6 @@ from coophash.data.readers import (
     read_idx,
 )
 from coophash.data.safe_pickle import load_restricted_pickle
-from coophash.data.transforms import Compose, RandomCrop, RandomHorizontalFlip, make_augmentation
 
 __all__ = [
     "HashDataset",
@@ -47,8 +46,4 @@ __all__ = [
     "make_protocol",
     "PROTOCOLS",
     "SPLITS",
-    "Compose",
-    "RandomCrop",
-    "RandomHorizontalFlip",
-    "make_augmentation",
 ]

@@ -21,7 +21,6 @@ import importlib.util
 import io
 import struct
 from pathlib import Path
-from types import MappingProxyType
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -39,6 +38,7 @@ from coophash.data.pixels import (
     read_image_header,
 )
 from coophash.data.safe_pickle import load_restricted_pickle
+from coophash.utils.registry import Registry, UnknownName
 
 __all__ = [
     "DATASETS",
@@ -541,21 +541,16 @@ def load_mnist_idx(
 # --------------------------------------------------------------------------------------- registry
 Loader = Callable[..., HashDataset]
 
-DATASETS: Mapping[str, Loader] = MappingProxyType(
-    {
-        "mnist5k": load_mnist5k,
-        "digits": load_digits,
-        "cifar10": load_cifar10,
-        "imagelist": load_image_list,
-        "imagefolder": load_image_folder,
-        "mnist-idx": load_mnist_idx,
-    }
-)
+DATASETS: Registry[Loader] = Registry("dataset")
+for _name, _loader in (("mnist5k", load_mnist5k), ("digits", load_digits), ("cifar10", load_cifar10),
+                       ("imagelist", load_image_list), ("imagefolder", load_image_folder),
+                       ("mnist-idx", load_mnist_idx)):
+    DATASETS.add(_name, _loader)
 
 
 def list_datasets() -> List[str]:
     """Names accepted by :func:`load_dataset`, sorted."""
-    return sorted(DATASETS)
+    return DATASETS.names()
 
 
 def load_dataset(
@@ -567,7 +562,7 @@ def load_dataset(
 ) -> HashDataset:
     """Load dataset ``name`` (see :func:`list_datasets`); extra keywords go to its reader."""
     try:
-        loader = DATASETS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}") from None
+        loader = DATASETS.get(name)
+    except UnknownName as exc:
+        raise ValueError(str(exc)) from None
     return loader(root=root, image_size=image_size, channels=channels, **kw)

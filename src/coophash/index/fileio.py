@@ -57,7 +57,7 @@ def write_index_file(path: PathLike, nbits: int, codes: np.ndarray, ids: np.ndar
     digest = hashlib.sha256()
 
     def blocks():
-        for block in (header, memoryview(codes).cast("B"), memoryview(ids_le).cast("B")):
+        for block in (header, memoryview(codes.reshape(-1)).cast("B"), memoryview(ids_le).cast("B")):
             digest.update(block)
             yield block
         yield digest.digest()

@@ -1,7 +1,12 @@
-"""Supervised hashing losses (DSH, DPSH, HashNet, CSQ, GreedyHash, OrthoHash) on a shared base.
+"""Every formula a method optimises, on a shared base.
 
-Every loss takes ``(out: HashOutput, labels (N, C) multi-hot, labeled (N,) bool | None)`` and returns a
-:class:`LossOutput` with ``total`` and named ``terms``; build one by name with :func:`create_loss`.
+* supervised hashing losses (DSH, DPSH, HashNet, CSQ, GreedyHash, OrthoHash): each takes
+  ``(out: HashOutput, labels (N, C) multi-hot, labeled (N,) bool | None)`` and returns a :class:`LossOutput`
+  with ``total`` and named ``terms``; build one by name with :func:`create_loss` (registry ``LOSSES``);
+* shared terms: :func:`triplet_loss` (the one triplet hinge, optionally gated), :func:`quantisation_error`,
+  :func:`class_loss` (softmax CE or sigmoid BCE), the maximum-entropy terms (:mod:`.entropy`);
+* method objectives: CoopHash's descriptor and generator terms (:mod:`.coophash`), the non-saturating
+  GAN losses (:mod:`.gan`).
 """
 from .base import (
     HashLoss,
@@ -10,13 +15,18 @@ from .base import (
     bernoulli_codes,
     hadamard,
     pairwise_similarity,
+    quantisation_error,
     signed_code,
     straight_through_sign,
+    sum_terms,
     triplet_loss,
 )
+from .classification import class_loss
 from .csq import CSQLoss, make_hash_centres
 from .dpsh import DPSHLoss
 from .dsh import DSHLoss
+from .entropy import MaxEntropyLoss, bit_entropy_loss, class_entropy_loss
+from .gan import discriminator_loss, generator_loss
 from .greedyhash import GreedyHashLoss
 from .hashnet import HashNetLoss
 from .orthohash import OrthoHashLoss, make_class_codes
@@ -31,6 +41,9 @@ __all__ = [
     "list_losses",
     "pairwise_similarity",
     "triplet_loss",
+    "quantisation_error",
+    "sum_terms",
+    "class_loss",
     "signed_code",
     "straight_through_sign",
     "hadamard",
@@ -43,5 +56,9 @@ __all__ = [
     "CSQLoss",
     "GreedyHashLoss",
     "OrthoHashLoss",
+    "MaxEntropyLoss",
+    "bit_entropy_loss",
+    "class_entropy_loss",
+    "discriminator_loss",
+    "generator_loss",
 ]
-from .entropy import MaxEntropyLoss, bit_entropy_loss, class_entropy_loss  # noqa: F401  (label-free, not registered)

@@ -26,6 +26,9 @@ __all__ = [
     "signed_code",
     "straight_through_sign",
     "triplet_loss",
+    "quantisation_error",
+    "sum_terms",
+    "DIAG_PREFIX",
     "hadamard",
     "is_power_of_two",
     "bernoulli_codes",
@@ -96,18 +99,28 @@ def upper_pairs(n: int, device: torch.device | str | None = None) -> tuple[Tenso
 
 
 def triplet_loss(
-    anchor: Tensor, positive: Tensor, negative: Tensor, margin: float, *, distance: str = "hamming"
+    anchor: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    margin: float,
+    *,
+    distance: str = "hamming",
+    gate: Optional[Tensor] = None,
 ) -> Tensor:
     """Mean hinge ``max(0, d(a, p) − d(a, n) + margin)`` over rows of (N, K) hash outputs.
 
     ``distance="hamming"`` (default) is the relaxed Hamming distance ``(K − aᵀb) / 2``, equal to the Hamming
     distance for ±1 codes, so ``margin`` is in bits; ``"sqeuclidean"`` is ``‖a − b‖²`` (4× Hamming on ±1 codes).
+    ``gate`` (N,) of 0/1 keeps only the rows gated in: ``Σ gate_i·hinge_i / max(1, Σ gate_i)`` (CoopHash's
+    confidence gate); with every row gated in (or no gate) it is the plain mean.
     """
     if anchor.shape != positive.shape or anchor.shape != negative.shape or anchor.dim() != 2:
         raise ValueError(
             "triplet_loss: anchor, positive and negative must be (N, K) of one shape, got "
             f"{tuple(anchor.shape)}, {tuple(positive.shape)}, {tuple(negative.shape)}"
         )
+    if gate is not None and gate.shape != anchor.shape[:1]:
+        raise ValueError(f"triplet_loss: gate must be ({anchor.shape[0]},), got {tuple(gate.shape)}")
     if distance == "hamming":
         k = anchor.shape[1]
         d_pos = 0.5 * (k - (anchor * positive).sum(dim=1))
@@ -119,7 +132,24 @@ def triplet_loss(
         raise ValueError(f"triplet_loss: distance must be 'hamming' or 'sqeuclidean', got {distance!r}")
     if anchor.shape[0] == 0:
         return connected_zero(anchor, positive, negative)
-    return torch.relu(d_pos - d_neg + margin).mean()
+    hinge = torch.relu(d_pos - d_neg + margin)
+    if gate is None or bool((gate > 0).all()):
+        return hinge.mean()
+    return (hinge * gate).sum() / gate.sum().clamp_min(1.0)
+
+
+def quantisation_error(u: Tensor) -> Tensor:
+    """``mean ‖u − b‖² / K`` over rows, ``b = 2·1[u ≥ 0] − 1`` the detached ±1 code (mean over all entries)."""
+    return (u - signed_code(u)).pow(2).mean()
+
+
+#: Prefix of logged terms that are diagnostics, never part of a total.
+DIAG_PREFIX = "diag_"
+
+
+def sum_terms(terms: dict[str, Tensor]) -> Tensor:
+    """The total of named terms: their sum in insertion order, skipping ``diag_`` diagnostics."""
+    return torch.stack([t for k, t in terms.items() if not k.startswith(DIAG_PREFIX)]).sum()
 
 
 def hadamard(k: int) -> Tensor:
@@ -315,7 +345,7 @@ class HashLoss(nn.Module):
             if u.shape[0] == 0:
                 terms["quant_reg"] = connected_zero(u)
             else:
-                terms["quant_reg"] = self.quant_weight * (u - signed_code(u)).pow(2).mean()
+                terms["quant_reg"] = self.quant_weight * quantisation_error(u)
         if self.balance_weight > 0:
             if u.shape[0] == 0:
                 terms["balance_reg"] = connected_zero(u)

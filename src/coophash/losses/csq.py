@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import HashLoss, HashOutput, bernoulli_codes, hadamard, is_power_of_two
+from .registry import LOSSES
 
 
 def make_hash_centres(
@@ -34,6 +35,7 @@ def make_hash_centres(
     return bernoulli_codes(n_classes, nbits, generator, min_distance=dmin)
 
 
+@LOSSES.register("csq")
 class CSQLoss(HashLoss):
     """mean over items and bits of BCE((u + 1)/2, (c + 1)/2) + λ mean((|u| − 1)²), c the item's hash centre.
 

@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import HashLoss, HashOutput, pairwise_similarity, signed_code, upper_pairs
+from .registry import LOSSES
 
 
+@LOSSES.register("dpsh")
 class DPSHLoss(HashLoss):
     """−mean_{i<j} (s_ij θ_ij − log(1 + e^{θ_ij})), θ_ij = ½ u_iᵀu_j, + η mean_i ‖b_i − u_i‖², b = 2·1[u ≥ 0] − 1.
 

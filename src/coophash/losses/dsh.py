@@ -7,8 +7,10 @@ import torch
 from torch import Tensor
 
 from .base import HashLoss, HashOutput, pairwise_similarity, upper_pairs
+from .registry import LOSSES
 
 
+@LOSSES.register("dsh")
 class DSHLoss(HashLoss):
     """Over pairs i < j: ½ s‖u_i − u_j‖² + ½ (1 − s) max(m − ‖u_i − u_j‖², 0) + α (‖|u_i| − 1‖₁ + ‖|u_j| − 1‖₁).
 

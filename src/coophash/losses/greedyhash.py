@@ -9,8 +9,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import HashLoss, HashOutput, straight_through_sign
+from .classification import class_loss
+from .registry import LOSSES
 
 
+@LOSSES.register("greedyhash")
 class GreedyHashLoss(HashLoss):
     """CE(W b + c, y) + α mean(| |h| − 1 |³), b = 2·1[h ≥ 0] − 1 forward with identity gradient, h = out.pre.
 
@@ -35,9 +38,6 @@ class GreedyHashLoss(HashLoss):
         h = out.pre
         b = straight_through_sign(h)
         logits = F.linear(b, self.weight.to(b.dtype), self.bias.to(b.dtype))
-        if self.multi_label:
-            cls = F.binary_cross_entropy_with_logits(logits, labels)
-        else:
-            cls = F.cross_entropy(logits, labels.argmax(dim=1))
+        cls = class_loss(logits, labels, self.multi_label)
         penalty = self.hparams["alpha"] * (h.abs() - 1).abs().pow(3).mean()
         return {"cls": cls, "penalty": penalty}

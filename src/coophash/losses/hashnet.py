@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import HashLoss, HashOutput, pairwise_similarity, upper_pairs
+from .registry import LOSSES
 
 
+@LOSSES.register("hashnet")
 class HashNetLoss(HashLoss):
     """mean_{i<j} w_ij (log(1 + exp(α⟨h_i, h_j⟩)) − α s_ij ⟨h_i, h_j⟩) with h = tanh(β · out.pre).
 

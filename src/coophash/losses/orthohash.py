@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import HashLoss, HashOutput, bernoulli_codes, hadamard, is_power_of_two, signed_code
+from .classification import class_loss
+from .registry import LOSSES
 
 
 def make_class_codes(
@@ -33,6 +35,7 @@ def make_class_codes(
     return bernoulli_codes(n_classes, nbits, generator, min_distance=dmin)
 
 
+@LOSSES.register("orthohash")
 class OrthoHashLoss(HashLoss):
     """CE over logits_j = s (cos(u, c_j) − m·1[j = y]) + q mean(1 − cos(u, b)), b = 2·1[u ≥ 0] − 1.
 
@@ -61,9 +64,6 @@ class OrthoHashLoss(HashLoss):
         u = out.u
         cos = F.normalize(u, dim=1) @ F.normalize(self.codes.to(u.dtype), dim=1).T
         logits = self.hparams["s"] * (cos - self.hparams["m"] * labels)
-        if self.multi_label:
-            cls = F.binary_cross_entropy_with_logits(logits, labels)
-        else:
-            cls = F.cross_entropy(logits, labels.argmax(dim=1))
+        cls = class_loss(logits, labels, self.multi_label)
         quant = self.hparams["q"] * (1 - F.cosine_similarity(u, signed_code(u), dim=1)).mean()
         return {"cls": cls, "quant": quant}

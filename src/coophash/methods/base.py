@@ -14,6 +14,8 @@ from torch import nn
 
 from coophash.config import TrainConfig
 from coophash.methods.phases import Phase
+from coophash.nets import create_hashing_net
+from coophash.utils.registry import Registry, UnknownName
 
 __all__ = ["Method", "DataInfo", "METHODS", "register_method", "create_method", "list_methods"]
 
@@ -86,32 +88,31 @@ class Method:
             m.train(mode)
 
 
-METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method")
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator adding a method to the registry."""
+    """Class decorator adding a method to the registry (and naming it)."""
 
     def deco(cls: type[Method]) -> type[Method]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is already registered")
         cls.name = name
-        METHODS[name] = cls
-        return cls
+        return METHODS.add(name, cls)
 
     return deco
 
 
 def create_method(cfg: TrainConfig, info: DataInfo, device: torch.device) -> Method:
     """Instantiate the method named by ``cfg.method``."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; available: {sorted(METHODS)}")
-    return METHODS[cfg.method](cfg, info, device)
+    try:
+        cls = METHODS.get(cfg.method)
+    except UnknownName as exc:
+        raise ValueError(str(exc)) from None
+    return cls(cfg, info, device)
 
 
 def list_methods() -> list[str]:
     """Registered method names."""
-    return sorted(METHODS)
+    return METHODS.names()
 
 
 def parse_method_args(cls: type[Method], values: dict[str, Any]) -> Any:
@@ -125,6 +126,19 @@ def parse_method_args(cls: type[Method], values: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"method {cls.name!r}: unknown method_args {unknown}; known: {sorted(known)}")
     return cls.Args(**values)
+
+
+def build_hashing_net(cfg: TrainConfig, info: DataInfo, n_classes: Optional[int]) -> nn.Module:
+    """The config's backbone + hash head (+ a category head when ``n_classes``), on the method's device."""
+    return create_hashing_net(
+        backbone=cfg.backbone,
+        nbits=cfg.bits,
+        n_classes=n_classes,
+        in_channels=info.channels,
+        image_size=info.image_size,
+        pretrained=cfg.pretrained,
+        **cfg.backbone_args,
+    )
 
 
 def optional(x: Optional[Any], default: Any) -> Any:

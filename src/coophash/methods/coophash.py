@@ -20,6 +20,9 @@ Terms whose name starts with ``diag_`` are diagnostics (not part of the total): 
 displacement, the category head's accuracy on generated samples against their conditioning labels, the
 generator's per-pixel reconstruction error.  A NaN or exploding energy raises :class:`TrainingDiverged`
 (the last good checkpoint is left intact).  Test time uses only trunk + hash head; ``ood_score(x) = −f_θ(x)``.
+
+Every term is a formula in :mod:`coophash.losses.coophash`; this module builds the networks and optimisers
+and wires the formulas into the three phases, with the warm-up/ramp schedule and the divergence guards.
 """
 from __future__ import annotations
 
@@ -29,17 +32,23 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coophash.config import TrainConfig
 from coophash.losses import create_loss
-from coophash.losses.base import LossOutput, signed_code, triplet_loss
+from coophash.losses.base import LossOutput, sum_terms
+from coophash.losses.coophash import (
+    DescriptorWeights,
+    GeneratedRows,
+    descriptor_objective,
+    elbo_terms,
+    known_latent_terms,
+)
 from coophash.methods.base import DataInfo, Method, register_method
 from coophash.methods.langevin import LangevinConfig, LangevinStats, langevin_revise
-from coophash.nets.descriptor import DescriptorEncoder, MultipurposeDescriptor, log_p_y_given_x
-from coophash.nets.pair_generator import PairGenerator
 from coophash.methods.phases import Phase, TrainingDiverged
+from coophash.nets.descriptor import DescriptorEncoder, MultipurposeDescriptor
+from coophash.nets.pair_generator import PairGenerator
 
 __all__ = ["CoopHash", "CoopHashArgs"]
 
@@ -154,6 +163,12 @@ class CoopHash(Method):
             step_size=a.langevin_step_size, noise_std=a.langevin_noise_std, delta=a.langevin_delta, s=a.coop_s,
             noise=a.langevin_noise,
         )
+        self.weights = DescriptorWeights(
+            hash=a.coop_hash_weight, cls=a.coop_cls_weight, quant=a.coop_quant_weight, ebm=a.coop_ebm_weight,
+            gamma=a.coop_gamma, triplet=0.0 if a.coop_no_triplet else a.coop_triplet_weight,
+            triplet_margin=a.coop_triplet_margin * cfg.bits, gen_hash=a.coop_gen_hash_weight,
+            gate_confidence=a.coop_gate_confidence,
+        )
         self.steps_per_epoch = max(1, math.ceil(info.n_train / cfg.batch_size))
         self._encoder = DescriptorEncoder(self.desc)
         if cfg.unlabeled_batch_size == 0 and cfg.label_fraction < 1.0 and not a.coop_no_unlabeled_density:
@@ -254,85 +269,24 @@ class CoopHash(Method):
                 "or a smaller --lr"
             )
 
-    def _cls_loss(self, logits: Tensor, y: Tensor) -> Tensor:
-        """Softmax cross-entropy (single-label) or sigmoid BCE (multi-label)."""
-        if self.info.multi_label:
-            return F.binary_cross_entropy_with_logits(logits, y)
-        return F.cross_entropy(logits, y.argmax(dim=1))
-
     def _descriptor_step(self, ctx: dict[str, Any]) -> LossOutput:
-        """EBM term, stabiliser, supervised hash loss, triplet on revised pairs, category, quantisation."""
+        """One forward pass of the descriptor on [real; revised] images, then its objective."""
         a: CoopHashArgs = self.args
-        x_lab, y_lab, labeled = ctx["x"], ctx["y"], ctx["labeled"]
-        n_lab = x_lab.shape[0]
         coop = ctx.get("coop")
         r = self.ramp() if coop is not None else 0.0
         use_unlabeled = not a.coop_no_unlabeled_density and coop is not None
-        x_real = ctx["x_all"] if use_unlabeled else x_lab
+        x_real = ctx["x_all"] if use_unlabeled else ctx["x"]
         n_real = x_real.shape[0]
         inputs = [x_real] + ([coop["x_tilde"]] if coop is not None else [])
         out = self.desc(torch.cat(inputs), density_grad_scale=a.coop_density_grad_scale)
-        u_lab = out.u[:n_lab]
-        hout = out.hash_output(slice(0, n_lab))
-        terms: dict[str, Tensor] = {}
-        base = self.loss(hout, y_lab, labeled)
-        terms["hash"] = a.coop_hash_weight * base.total
-        terms["cls"] = a.coop_cls_weight * self._cls_loss(out.logits[:n_lab], y_lab)
-        terms["quant"] = a.coop_quant_weight * (u_lab - signed_code(u_lab)).pow(2).mean()
+        generated = None
         if coop is not None:
-            f_real = out.f[:n_real]
-            f_gen = out.f[n_real:]
-            self._guard_energy(f_real, "real images")
-            self._guard_energy(f_gen, "revised samples")
-            w = r * a.coop_ebm_weight
-            terms["ebm"] = w * (f_gen.mean() - f_real.mean())
-            terms["stabiliser"] = w * a.coop_gamma * (f_gen.pow(2).mean() + f_real.pow(2).mean())
-            n = coop["n"]
-            u_gen = out.u[n_real:]
-            u_pos, u_neg = u_gen[:n], u_gen[n : 2 * n]
-            logits_gen = out.logits[n_real:]
-            with torch.no_grad():
-                conf = log_p_y_given_x(logits_gen, coop["y"], self.info.multi_label).exp()
-                if self.info.multi_label:
-                    hit = ((logits_gen > 0).float() == coop["y"]).all(dim=1).float()
-                else:
-                    hit = (logits_gen.argmax(dim=1) == coop["y"].argmax(dim=1)).float()
-            gate = torch.ones(n, device=u_gen.device)
-            if a.coop_gate_confidence > 0:
-                gate = ((conf[:n] >= a.coop_gate_confidence) & (conf[n : 2 * n] >= a.coop_gate_confidence)).float()
-            if not a.coop_no_triplet and a.coop_triplet_weight > 0:
-                margin = a.coop_triplet_margin * self.cfg.bits
-                anchors = u_lab[:n]
-                trip = self._gated_triplet(anchors, u_pos, u_neg, margin, gate)
-                if coop["x_tilde"].shape[0] > 2 * n:
-                    trip = trip + self._gated_triplet(anchors, u_gen[2 * n :], u_neg, margin, gate)
-                terms["triplet"] = a.coop_hash_weight * r * a.coop_triplet_weight * trip
-            if a.coop_gen_hash_weight > 0:
-                keep = torch.cat([torch.ones(n_lab, dtype=torch.bool, device=u_gen.device),
-                                  gate.bool().repeat(coop["x_tilde"].shape[0] // n)])
-                aug_out = out.hash_output(slice(0, None)).select(
-                    torch.cat([torch.ones(n_lab, dtype=torch.bool, device=u_gen.device),
-                               torch.zeros(n_real - n_lab, dtype=torch.bool, device=u_gen.device),
-                               torch.ones(u_gen.shape[0], dtype=torch.bool, device=u_gen.device)]))
-                aug_y = torch.cat([y_lab, coop["y"]])
-                terms["gen_hash"] = a.coop_hash_weight * r * a.coop_gen_hash_weight * self.loss(aug_out, aug_y, keep).total
+            self._guard_energy(out.f.detach()[:n_real], "real images")
+            self._guard_energy(out.f.detach()[n_real:], "revised samples")
+            generated = GeneratedRows(start=n_real, n=coop["n"], labels=coop["y"])
             coop["features"] = out.features[n_real:].detach()
-            terms["diag_energy_gap"] = (f_real.mean() - f_gen.mean()).detach()
-            terms["diag_f_real"] = f_real.mean().detach()
-            terms["diag_gen_cls_acc"] = hit.mean()
-            terms["diag_gen_conf"] = conf.mean()
-            terms["diag_ramp"] = torch.tensor(r)
-        total = torch.stack([t for k, t in terms.items() if not k.startswith("diag_")]).sum()
-        return LossOutput(total=total, terms=terms)
-
-    @staticmethod
-    def _gated_triplet(anchor: Tensor, pos: Tensor, neg: Tensor, margin: float, gate: Tensor) -> Tensor:
-        """Triplet hinge on relaxed Hamming distances, averaged over gated-in rows (all rows: ``triplet_loss``)."""
-        if bool((gate > 0).all()):
-            return triplet_loss(anchor, pos, neg, margin)
-        k = anchor.shape[1]
-        hinge = torch.relu(0.5 * (k - (anchor * pos).sum(1)) - 0.5 * (k - (anchor * neg).sum(1)) + margin)
-        return (hinge * gate).sum() / gate.sum().clamp_min(1.0)
+        return descriptor_objective(out, ctx["y"], ctx["labeled"], self.loss, self.weights, self.info.multi_label,
+                                    generated=generated, ramp=r)
 
     def _generator_step(self, ctx: dict[str, Any]) -> Optional[LossOutput]:
         """ELBO of the revised samples for the generator and the latent head (trunk features detached)."""
@@ -350,9 +304,7 @@ class CoopHash(Method):
             terms.update(self._elbo(x_t, y, feats, ""))
         if a.coop_gen_target in ("known", "both"):
             x_rec = self.gen(coop["z"], y.to(coop["z"].dtype))
-            sq = (x_t - x_rec).pow(2).flatten(1)
-            terms["rec_known"] = sq.sum(dim=1).mean() / (2 * a.coop_sigma_g**2)
-            terms["diag_known_mse"] = sq.mean().detach()
+            terms.update(known_latent_terms(x_t, x_rec, a.coop_sigma_g))
         if a.coop_gen_real_weight > 0:
             with torch.no_grad():
                 f_real = self.desc.trunk(ctx["x"])
@@ -360,16 +312,12 @@ class CoopHash(Method):
             terms["real_rec"] = a.coop_gen_real_weight * real["real_rec"]
             terms["real_kl"] = a.coop_gen_real_weight * real["real_kl"]
             terms["diag_real_mse"] = real["diag_real_mse"]
-        total = torch.stack([t for k, t in terms.items() if not k.startswith("diag_")]).sum()
-        return LossOutput(total=total, terms=terms)
+        return LossOutput(total=sum_terms(terms), terms=terms)
 
     def _elbo(self, x: Tensor, y: Tensor, feats: Tensor, prefix: str) -> dict[str, Tensor]:
-        """Reconstruction and β-weighted KL terms of the ELBO of ``x`` (per image, averaged)."""
+        """ELBO terms of ``x``: z drawn from q(z|x) by reparameterisation, reconstructed by the generator."""
         a: CoopHashArgs = self.args
         mu, log_sigma = self.desc.infer_latent(feats)
         z = mu + log_sigma.exp() * torch.randn_like(mu)
         x_rec = self.gen(z, y.to(z.dtype))
-        sq = (x.detach() - x_rec).pow(2).flatten(1)
-        rec = sq.sum(dim=1).mean() / (2 * a.coop_sigma_g**2)
-        kl = 0.5 * (mu.pow(2) + (2 * log_sigma).exp() - 1 - 2 * log_sigma).sum(dim=1).mean()
-        return {f"{prefix}rec": rec, f"{prefix}kl": a.coop_beta * kl, f"diag_{prefix}mse": sq.mean().detach()}
+        return elbo_terms(x, x_rec, mu, log_sigma, a.coop_sigma_g, a.coop_beta, prefix)

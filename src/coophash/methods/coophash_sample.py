@@ -3,23 +3,37 @@
 Grid layout (one row per class c): ``per_class`` groups of four tiles, each group from one latent z:
 generated positive ``G(z, e_c)``, its Langevin revision, generated negative ``G(z, y⁻)`` and its revision,
 where ``y⁻`` is a class other than c.  A thin gap separates the groups.  A JSON sidecar names every tile's
-class.  Also: an independent judge of class-faithfulness (a small classifier trained on real labeled
-images only, never on generated ones).
+class.  Also: the accuracy of an independent judge of class-faithfulness on the samples (a ``classifier``
+run trained on real labeled images only, never on generated ones: :func:`coophash.pipeline.judge.train_judge`).
+
+Sampling draws from torch's global generator (the generator's latents, negative labels, Langevin noise),
+seeded with ``seed`` inside :func:`seeded_rng`, which restores the caller's random state afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from coophash.methods.classifier import Classifier
 from coophash.methods.langevin import langevin_revise
 
-__all__ = ["sample_pairs", "sample_grid", "save_grid_png", "train_judge", "judge_accuracy"]
+__all__ = ["sample_pairs", "sample_grid", "save_grid_png", "write_sample", "judge_accuracy", "seeded_rng"]
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """torch's global generators (CPU and every CUDA device) seeded with ``seed`` inside, restored on exit."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def sample_pairs(method: Any, y: Tensor, steps: Optional[int] = None) -> dict[str, Tensor]:
@@ -39,11 +53,11 @@ def sample_pairs(method: Any, y: Tensor, steps: Optional[int] = None) -> dict[st
 
 def sample_grid(method: Any, per_class: int = 4, seed: int = 0, steps: Optional[int] = None) -> tuple[np.ndarray, dict]:
     """An image grid (H, W, C) uint8 of pairs per class and a dict describing each tile."""
-    torch.manual_seed(seed)
     c = method.info.n_classes
     dev = method.device
     y = torch.eye(c, device=dev).repeat_interleave(per_class, dim=0)
-    s = sample_pairs(method, y, steps)
+    with seeded_rng(seed):
+        s = sample_pairs(method, y, steps)
     tiles = torch.stack([s["gen_pos"], s["rev_pos"], s["gen_neg"], s["rev_neg"]], dim=1)  # (N, 4, C, H, W)
     tiles = ((tiles.clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
     n_ch, h, w = tiles.shape[2:]
@@ -88,52 +102,21 @@ def write_sample(method: Any, path: str | Path, per_class: int = 4, seed: int = 
     return png, side
 
 
-class _Judge(nn.Module):
-    """A small independent classifier (conv + BN), trained on real labeled images only."""
-
-    def __init__(self, channels: int, n_classes: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-            nn.Flatten(), nn.Linear(64 * 16, n_classes),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits."""
-        return self.net(x)
-
-
-def train_judge(images: Tensor, labels: Tensor, epochs: int = 5, seed: int = 0, batch: int = 128) -> nn.Module:
-    """Train the judge on real images with single labels (argmax of multi-hot) and return it in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = _Judge(images.shape[1], labels.shape[1])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    target = labels.argmax(dim=1)
-    for _ in range(epochs):
-        perm = torch.randperm(images.shape[0], generator=g)
-        for s in range(0, len(perm), batch):
-            idx = perm[s : s + batch]
-            loss = F.cross_entropy(model(images[idx]), target[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    return model
-
-
 @torch.no_grad()
-def judge_accuracy(judge: nn.Module, method: Any, n_per_class: int = 20, seed: int = 0,
+def judge_accuracy(judge: Classifier, method: Any, n_per_class: int = 20, seed: int = 0,
                    steps: Optional[int] = None) -> dict[str, float]:
-    """The judge's accuracy on generated and revised positives/negatives against their conditioning labels."""
-    torch.manual_seed(seed)
+    """The judge's accuracy on generated and revised positives/negatives against their conditioning labels.
+
+    ``judge`` is a trained ``classifier`` method (:func:`coophash.pipeline.judge.train_judge`, or a judge run
+    reloaded with :func:`coophash.api.load_run`).
+    """
     c = method.info.n_classes
     y = torch.eye(c, device=method.device).repeat_interleave(n_per_class, dim=0)
-    with torch.enable_grad():
+    with torch.enable_grad(), seeded_rng(seed):
         s = sample_pairs(method, y, steps)
+    judge.train(False)
     out = {}
     for key, lab in (("gen_pos", "y_pos"), ("rev_pos", "y_pos"), ("gen_neg", "y_neg"), ("rev_neg", "y_neg")):
-        pred = judge(s[key].cpu()).argmax(dim=1)
+        pred = judge.predict(s[key].to(judge.device)).cpu()
         out[f"judge_acc_{key}"] = float((pred == s[lab].cpu().argmax(dim=1)).float().mean())
     return out

@@ -8,52 +8,48 @@ pass (so batch norm sees real and fake images together).  The loss is
 
 with ``L_sup`` any baseline loss (``cfg.loss``) and ``L_ent`` the negative per-bit Bernoulli entropy of the
 fakes' hash outputs (``fake_entropy=bits``, default) or the negative entropy of the category posterior
-(``fake_entropy=classes``; the net then gets a category head, trained by cross-entropy on the labeled real
+(``fake_entropy=classes``; the net then gets a category head, trained by the class loss on the labeled real
 images with weight ``fake_class_weight``).  See :mod:`coophash.losses.entropy`.
 
-With no ``fakes`` file the method runs stage 1 first (the one-command path): it trains the GAN for the same
-dataset, split and seed into ``gan_dir`` (default ``<cfg.out>/gans/<key>``, a name derived from every
-setting that shapes the GAN, so later runs with the same data and seed reuse it), writes the fakes there and
-goes on.  This happens at the first training step, with every random generator's state saved and restored
-around it, so the result equals ``--fakes <that file>``; rebuilding the method for evaluation never trains
-a GAN or reads the fakes.  ``fake_weight = 0`` trains exactly the supervised baseline (no fakes are used).
+The method reads a fakes file (method argument ``fakes``, made by ``coophash gan``); it never trains a
+GAN.  The one-command path (no ``fakes``) is a two-stage pipeline, [gan → fakereg]
+(:mod:`coophash.pipeline.gan`): the GAN stage trains (or reuses) the GAN for the same dataset, split and
+seed in ``gan_dir`` (default ``<cfg.out>/gans/<key>``), and this stage then runs with ``fakes`` set to its
+file.  The ``gan_*`` arguments below shape that GAN stage only.  Rebuilding the method for evaluation never
+reads the fakes.  ``fake_weight = 0`` trains exactly the supervised baseline (no fakes are used).
 """
 from __future__ import annotations
 
-import contextlib
-import logging
-import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from coophash.config import TrainConfig
+from coophash.fakes import Fakes, load_fakes
 from coophash.losses.base import LossOutput
+from coophash.losses.classification import class_loss
 from coophash.losses.entropy import (
     ENTROPY_MODES,
     MaxEntropyLoss,
     bernoulli_entropy_from_logits,
 )
-from coophash.methods.supervised import SupervisedHashing
 from coophash.methods.base import DataInfo, Method, register_method
-from coophash.methods.gan import FAKES_FILE, GAN_ARG_NAMES, GanArgs
+from coophash.methods.gan import GanArgs
+from coophash.methods.supervised import SupervisedHashing
+from coophash.utils.meter import RunningMeans
 
-__all__ = ["FakeRegArgs", "FakeRegHashing", "one_command_gan_dir", "preserved_rng"]
-
-log = logging.getLogger(__name__)
+__all__ = ["FakeRegArgs", "FakeRegHashing"]
 
 
 @dataclass
 class FakeRegArgs(GanArgs):
-    """Stage-2 hyperparameters, plus the GAN's (used when no fakes file is given)."""
+    """Stage-2 hyperparameters, plus those of the GAN stage that the pipeline runs when no fakes file is given."""
 
-    fakes: str = field(default="", metadata={"help": "Fakes file from `coophash gan` (empty: train the GAN first)."})
+    fakes: str = field(default="", metadata={"help": "Fakes file from `coophash gan` (empty: the pipeline trains "
+                                                     "the GAN stage first)."})
     fake_weight: float = field(default=0.03, metadata={"help": "Weight λ of the maximum-entropy loss on fakes."})
     fake_batch_size: int = field(default=32, metadata={"help": "Fake images per training step."})
     fake_entropy: str = field(
@@ -64,48 +60,6 @@ class FakeRegArgs(GanArgs):
     )
     gan_dir: str = field(default="", metadata={"help": "Folder of the one-command GAN stage (default <out>/gans/<key>)."})
     gan_epochs: int = field(default=15, metadata={"help": "GAN epochs of the one-command path."})
-
-
-@contextlib.contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Restore Python's, NumPy's and torch's (CPU and CUDA) random states on exit."""
-    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
-@contextlib.contextmanager
-def stage_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``<folder>/.lock`` (POSIX ``flock``; no lock where fcntl is missing)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(folder / ".lock", "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def one_command_gan_dir(cfg: TrainConfig, args: FakeRegArgs) -> tuple[Path, TrainConfig]:
-    """(folder, config) of the GAN stage that the one-command path runs for ``cfg``."""
-    from coophash.methods.gan import gan_config, gan_key
-
-    gan_args = {k: getattr(args, k) for k in GAN_ARG_NAMES}
-    gcfg = gan_config(cfg, gan_args, args.gan_epochs)
-    folder = Path(args.gan_dir) if args.gan_dir else Path(cfg.out) / "gans" / gan_key(gcfg)
-    return folder, gcfg
 
 
 @register_method("fakereg")
@@ -128,48 +82,24 @@ class FakeRegHashing(SupervisedHashing):
         # the supervised method builds net, loss and optimiser, so fake_weight=0 reproduces it exactly
         SupervisedHashing.__init__(self, cfg, info, device)
         self.entropy = MaxEntropyLoss(a.fake_entropy, multi_label=info.multi_label)
-        self._fakes: Any = None
+        self._fakes: Fakes | None = None
         self.fakes_path: Path | None = Path(a.fakes) if a.fakes else None
-        self._diag: dict[str, float] = {}
-        self._diag_n = 0
+        self._diag = RunningMeans()
 
     # -- fakes ---------------------------------------------------------------------------------
-    def fakes(self) -> Any:
-        """The fake images (loaded, and made by a GAN stage first when no file was given, on first use)."""
+    def fakes(self) -> Fakes:
+        """The fake images of the ``fakes`` file (read on first use, moved to the device)."""
         if self._fakes is None:
-            from coophash.fakes import load_fakes
-
-            path = self.fakes_path if self.fakes_path is not None else self._run_gan_stage()
-            fakes = load_fakes(path, channels=self.info.channels, image_size=self.info.image_size)
+            if self.fakes_path is None:
+                raise ValueError(
+                    f"method 'fakereg' with fake_weight={self.args.fake_weight} needs a fakes file (method argument "
+                    "'fakes', flag --fakes): make one with `coophash gan`, or train through the pipeline "
+                    "(`coophash train`, Hasher.fit, coophash.pipeline.train), which runs the GAN stage first"
+                )
+            fakes = load_fakes(self.fakes_path, channels=self.info.channels, image_size=self.info.image_size)
             fakes.images = fakes.images.to(self.device)
-            self._fakes, self.fakes_path = fakes, Path(path)
+            self._fakes = fakes
         return self._fakes
-
-    def _run_gan_stage(self) -> Path:
-        """One-command path: train (or reuse, or resume) the GAN for this data and seed; return its fakes."""
-        from coophash.methods.gan import train_gan
-        from coophash.train import runs
-
-        folder, gcfg = one_command_gan_dir(self.cfg, self.args)
-        path = folder / FAKES_FILE
-        if path.exists():
-            log.info("reusing the fakes of %s", folder)
-            return path
-        log.info("no fakes file given: training the GAN stage in %s (%d epochs)", folder, gcfg.epochs)
-
-        def progress(epoch: int, step: int, values: dict[str, float]) -> None:
-            if step == spe[0]:
-                log.info("GAN epoch %d/%d: D %.4f G %.4f", epoch + 1, gcfg.epochs,
-                         values.get("discriminator/total", float("nan")), values.get("generator/total", float("nan")))
-
-        spe = [max(1, -(-self.info.n_train // gcfg.batch_size))]
-        with stage_lock(folder):  # processes sharing an output folder (bench shards) train it once
-            if path.exists():
-                log.info("reusing the fakes of %s (made by another process)", folder)
-                return path
-            with preserved_rng():
-                train_gan(gcfg, folder, resume=(folder / runs.LAST).exists(), progress=progress)
-        return path
 
     # -- trainer interface ---------------------------------------------------------------------
     def _category_classes(self) -> int | None:
@@ -192,34 +122,21 @@ class FakeRegHashing(SupervisedHashing):
         terms: dict[str, Tensor] = dict(sup.terms)
         total = sup.total
         if self.classes:
-            terms["cls"] = a.fake_class_weight * self._class_loss(real.logits, y, labeled)
+            assert real.logits is not None
+            terms["cls"] = a.fake_class_weight * class_loss(real.logits, y, self.info.multi_label, labeled)
             total = total + terms["cls"]
         if fake is not None:
             ent = self.entropy(fake)
             terms["fake_maxent"] = a.fake_weight * ent
             total = total + terms["fake_maxent"]
             with torch.no_grad():
-                self._track(fake_bit_entropy=bernoulli_entropy_from_logits(2 * fake.pre.float()).mean(),
-                            fake_abs_u=fake.u.abs().mean(), real_abs_u=real.u.abs().mean())
+                self._diag.add({"fake_bit_entropy": bernoulli_entropy_from_logits(2 * fake.pre.float()).mean(),
+                                "fake_abs_u": fake.u.abs().mean(), "real_abs_u": real.u.abs().mean()})
         return LossOutput(total, terms)
 
-    def _class_loss(self, logits: Tensor | None, y: Tensor, labeled: Tensor) -> Tensor:
-        """Cross-entropy of the category head on labeled real images."""
-        assert logits is not None
-        if not bool(labeled.any()):
-            return logits.sum() * 0.0
-        lg, yy = logits[labeled], y[labeled]
-        if self.info.multi_label:
-            return F.binary_cross_entropy_with_logits(lg, yy.to(lg.dtype))
-        return F.cross_entropy(lg, yy.argmax(dim=1))
-
-    def _track(self, **values: Tensor) -> None:
-        for k, v in values.items():
-            self._diag[k] = self._diag.get(k, 0.0) + float(v)
-        self._diag_n += 1
-
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
-        out = {f"fakereg/{k}": v / max(1, self._diag_n) for k, v in self._diag.items()}
-        self._diag, self._diag_n = {}, 0
+        """Mean entropy and |u| of the fakes' (and real images') codes over the epoch (``fakereg/...``)."""
+        out = self._diag.means("fakereg/")
+        self._diag.reset()
         return out
 

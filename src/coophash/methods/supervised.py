@@ -8,8 +8,7 @@ from torch import nn
 
 from coophash.config import TrainConfig
 from coophash.losses import create_loss
-from coophash.methods.base import DataInfo, Method, register_method
-from coophash.nets import create_hashing_net
+from coophash.methods.base import DataInfo, Method, build_hashing_net, register_method
 from coophash.methods.phases import Phase
 
 __all__ = ["SupervisedHashing"]
@@ -23,15 +22,7 @@ class SupervisedHashing(Method):
 
     def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device) -> None:
         super().__init__(cfg, info, device)
-        self.net = create_hashing_net(
-            backbone=cfg.backbone,
-            nbits=cfg.bits,
-            n_classes=self._category_classes(),
-            in_channels=info.channels,
-            image_size=info.image_size,
-            pretrained=cfg.pretrained,
-            **cfg.backbone_args,
-        ).to(device)
+        self.net = build_hashing_net(cfg, info, self._category_classes()).to(device)
         self.loss = create_loss(
             cfg.loss, cfg.bits, info.n_classes, seed=cfg.seed, multi_label=info.multi_label, **cfg.loss_args
         ).to(device)

@@ -13,6 +13,8 @@ from os import PathLike
 
 from torch import nn
 
+from coophash.utils.registry import Registry
+
 __all__ = [
     "BACKBONES",
     "register_backbone",
@@ -23,24 +25,17 @@ __all__ = [
 
 BackboneFactory = Callable[..., nn.Module]
 
-BACKBONES: dict[str, BackboneFactory] = {}
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
     """Decorator that registers a backbone factory ``f(in_channels, image_size, **kw)`` under ``name``."""
-
-    def decorate(factory: BackboneFactory) -> BackboneFactory:
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} is already registered (by {BACKBONES[name]!r})")
-        BACKBONES[name] = factory
-        return factory
-
-    return decorate
+    return BACKBONES.register(name)
 
 
 def list_backbones() -> list[str]:
     """Names of the registered backbones, sorted."""
-    return sorted(BACKBONES)
+    return BACKBONES.names()
 
 
 def default_backbone(image_size: int) -> str:
@@ -56,13 +51,12 @@ def create_backbone(
     **kw: object,
 ) -> nn.Module:
     """Build the registered backbone ``name``; load local weights from ``pretrained`` if given."""
-    if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
+    factory = BACKBONES.get(name)
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
-    model = BACKBONES[name](in_channels=in_channels, image_size=image_size, **kw)
+    model = factory(in_channels=in_channels, image_size=image_size, **kw)
     if not hasattr(model, "num_features"):
         raise TypeError(f"backbone {name!r} does not set the attribute num_features")
     if pretrained is not None:

@@ -1,60 +1,41 @@
 """Pipelines: a run is a list of stages above the trainer, each stage one ``Trainer.fit``.
 
 This is the one path from a config to trained weights, shared by ``coophash train``, ``Hasher.fit`` and
-the experiment suite.  (Skeleton: the stage planner for multi-stage recipes such as [gan → fakereg] is
-being filled in.)
+the experiment suite.  :func:`plan` turns a config into its stages: one, except for methods with a recipe
+in :data:`RECIPES` (``fakereg`` without a fakes file: [gan → fakereg], :mod:`coophash.pipeline.gan`);
+:func:`run_stages` runs them in order (shared stages such as the GAN are reused once their outputs exist,
+and trained once under a folder lock); :func:`train` does both and returns the last stage's result.
+The judge of generated samples is an ordinary run too (:mod:`coophash.pipeline.judge`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from coophash.config import TrainConfig
+from coophash.data import HashDataset, Manifest
+from coophash.pipeline import gan as _gan  # noqa: F401  (registers the "fakereg" recipe)
+from coophash.pipeline.stages import RECIPES, Stage, StageResult, run_stages, stage_lock
 from coophash.train.progress import ProgressFn
-from coophash.train.trainer import Trainer
 
-__all__ = ["Stage", "StageResult", "plan", "run_stages", "train"]
-
-
-@dataclass
-class Stage:
-    """One ``Trainer.fit`` of a pipeline: its name, its config and its run folder."""
-
-    name: str
-    cfg: TrainConfig
-    run_dir: Path
+__all__ = ["RECIPES", "Stage", "StageResult", "plan", "run_stages", "stage_lock", "train"]
 
 
-@dataclass
-class StageResult:
-    """A finished stage: its trainer (method, data, manifest) and its query-split results."""
-
-    stage: Stage
-    trainer: Trainer
-    results: dict[str, Any] = field(default_factory=dict)
-
-
-def plan(cfg: TrainConfig, run_dir: Path) -> list[Stage]:
-    """The stages that train ``cfg`` into ``run_dir`` (the last stage writes ``run_dir``)."""
-    return [Stage("train", cfg, Path(run_dir))]
+def plan(cfg: TrainConfig, run_dir: str | Path) -> list[Stage]:
+    """The stages that train ``cfg`` into ``run_dir`` (the last stage writes ``run_dir``; ``cfg`` is not changed)."""
+    run_dir = Path(run_dir)
+    if cfg.method in RECIPES:
+        return RECIPES.get(cfg.method)(cfg, run_dir)
+    return [Stage(cfg.method, cfg, run_dir)]
 
 
-def run_stages(stages: list[Stage], *, dataset: Any = None, manifest: Any = None, resume: bool = False,
-               progress: Optional[ProgressFn] = None) -> list[StageResult]:
-    """Run stages in order; ``dataset``/``manifest`` go to the last stage (the one the caller asked for)."""
-    out: list[StageResult] = []
-    for i, st in enumerate(stages):
-        last = i == len(stages) - 1
-        trainer = Trainer(st.cfg, st.run_dir, dataset if last else None, manifest if last else None,
-                          progress=progress)
-        results = trainer.fit(resume=resume)
-        out.append(StageResult(st, trainer, results))
-    return out
-
-
-def train(cfg: TrainConfig, run_dir: Path, *, dataset: Any = None, manifest: Any = None, resume: bool = False,
+def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Optional[HashDataset] = None,
+          manifest: Optional[Manifest] = None, resume: bool = False,
           progress: Optional[ProgressFn] = None) -> StageResult:
-    """Train ``cfg`` into ``run_dir`` through every stage it needs; the final stage's result."""
-    return run_stages(plan(cfg, Path(run_dir)), dataset=dataset, manifest=manifest, resume=resume,
+    """Train ``cfg`` into ``run_dir`` through every stage it needs; the final stage's result.
+
+    ``dataset`` goes to every stage, ``manifest`` and ``resume`` to the final one; ``progress`` sees every
+    step of every stage (``Progress.stage`` names the stage).
+    """
+    return run_stages(plan(cfg, run_dir), dataset=dataset, manifest=manifest, resume=resume,
                       progress=progress)[-1]

@@ -16,11 +16,12 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
 from coophash.config import TrainConfig
+from coophash.utils.registry import Registry
 
 __all__ = [
     "Suite",
@@ -255,87 +256,140 @@ def _parse_experiments(raw: Any, source: str, method_names: list[str]) -> dict[s
     return out
 
 
+class _Settings:
+    """Checks of one experiment's merged settings; errors name the suite file and ``experiments.<kind>.<key>``."""
+
+    def __init__(self, kind: str, s: dict[str, Any], source: str, where: str, method_names: list[str]) -> None:
+        self.kind, self.s, self.source, self.where, self.method_names = kind, s, source, where, method_names
+
+    def need(self, ok: bool, at: str, expected: str, found: Any) -> None:
+        """Raise :class:`SuiteError` unless ``ok``: ``<where>.<at> must be <expected>, found <found>``."""
+        _need(ok, self.source, f"{self.where}.{at}", expected, found)
+
+    def fail(self, message: str) -> None:
+        """Raise :class:`SuiteError` with ``message`` after the experiment's place."""
+        raise SuiteError(f"{self.source}: {self.where}{message}")
+
+    def bits(self, value: Any, at: str) -> None:
+        self.need(_is_int(value) and value > 0, at, "a positive integer", value)
+
+    def fraction(self, value: Any, at: str) -> None:
+        self.need(_is_num(value) and 0.0 < float(value) <= 1.0, at, "a number in (0, 1]", value)
+
+    def positive_ints(self, d: Mapping[str, Any], keys: tuple[str, ...], prefix: str = "") -> None:
+        for key in keys:
+            self.need(_is_int(d[key]) and d[key] > 0, f"{prefix}{key}", "a positive integer", d[key])
+
+    def methods(self, value: Any, at: str) -> None:
+        _check_method_list(value, self.source, f"{self.where}.{at}", self.method_names)
+
+
+#: Checks of each experiment kind's own settings (after the shared bits / label_fraction checks).
+_KIND_CHECKS: Registry[Callable[[_Settings], None]] = Registry("experiment kind")
+
+
 def _check_experiment(kind: str, s: dict[str, Any], source: str, where: str, method_names: list[str]) -> None:
-    def bits(value: Any, at: str) -> None:
-        _need(_is_int(value) and value > 0, source, f"{where}.{at}", "a positive integer", value)
-
-    def fraction(value: Any, at: str) -> None:
-        _need(_is_num(value) and 0.0 < float(value) <= 1.0, source, f"{where}.{at}", "a number in (0, 1]", value)
-
-    if kind == "main":
-        grids = s["grids"]
-        _need(isinstance(grids, list) and bool(grids), source, f"{where}.grids", "a non-empty list", grids)
-        for i, g in enumerate(grids):
-            at = f"grids[{i}]"
-            _need(isinstance(g, dict), source, f"{where}.{at}", "a mapping (bits, label_fractions, methods)", g)
-            bad = sorted(set(g) - {"bits", "label_fractions", "methods", "top"})
-            if bad:
-                raise SuiteError(f"{source}: {where}.{at}: unknown key(s) {bad}; known: bits, label_fractions, "
-                                 f"methods, top")
-            if "top" in g:
-                top = g["top"]
-                _need(isinstance(top, dict) and set(top) <= {"n", "family", "bits"} and "n" in top, source,
-                      f"{where}.{at}.top", "a mapping {n: <int>, family: <method>, bits: <int>}", top)
-                _need(_is_int(top["n"]) and top["n"] > 0, source, f"{where}.{at}.top.n", "a positive integer",
-                      top["n"])
-                _need(top.get("family") is None or isinstance(top["family"], str), source,
-                      f"{where}.{at}.top.family", "a method name (e.g. supervised)", top.get("family"))
-                if i == 0:
-                    raise SuiteError(f"{source}: {where}.{at}.top: the first grid cannot rank by results; "
-                                     "put 'top' on a later grid")
-                top.setdefault("bits", grids[0]["bits"][0])
-                bits(top["bits"], f"{at}.top.bits")
-                if not any(top["bits"] in g0.get("bits", []) for g0 in grids[:i]):
-                    raise SuiteError(f"{source}: {where}.{at}.top.bits: no earlier grid has {top['bits']} bits")
-            for key in ("bits", "label_fractions"):
-                _need(isinstance(g.get(key), list) and bool(g.get(key)), source, f"{where}.{at}.{key}",
-                      "a non-empty list", g.get(key))
-            for j, b in enumerate(g["bits"]):
-                bits(b, f"{at}.bits[{j}]")
-            for j, f in enumerate(g["label_fractions"]):
-                fraction(f, f"{at}.label_fractions[{j}]")
-            if "methods" in g:
-                _check_method_list(g["methods"], source, f"{where}.{at}.methods", method_names)
+    """Check the merged settings ``s`` of experiment ``kind`` (the field named in errors is ``where.<key>``)."""
+    c = _Settings(kind, s, source, where, method_names)
     if "bits" in s and kind != "main":
-        bits(s["bits"], "bits")
+        c.bits(s["bits"], "bits")
     if "label_fraction" in s:
-        fraction(s["label_fraction"], "label_fraction")
-    if kind == "unseen":
-        seen = s["seen_classes"]
-        _need(isinstance(seen, list) and bool(seen) and all(_is_int(c) and c >= 0 for c in seen), source,
-              f"{where}.seen_classes", "a non-empty list of class indices", seen)
-        _need(isinstance(s["overrides"], dict), source, f"{where}.overrides", "a mapping of TrainConfig fields",
-              s["overrides"])
-        _check_fields(s["overrides"], source, f"{where}.overrides")
-    if kind == "cross_dataset":
-        _need(isinstance(s["dataset"], str), source, f"{where}.dataset", "a dataset name", s["dataset"])
-        for key in ("dataset_args", "protocol_args"):
-            _need(isinstance(s[key], dict), source, f"{where}.{key}", "a mapping", s[key])
-    if kind == "ood_detection":
-        against = s["against"]
-        _need(isinstance(against, list) and bool(against) and set(against) <= {"unseen", "cross_dataset"}, source,
-              f"{where}.against", "a non-empty list of 'unseen' and/or 'cross_dataset'", against)
-    if kind == "cost":
-        sr = s["search"]
-        _need(isinstance(sr, dict), source, f"{where}.search", "a mapping", sr)
-        bad = sorted(set(sr) - set(EXPERIMENT_DEFAULTS["cost"]["search"]))
+        c.fraction(s["label_fraction"], "label_fraction")
+    if kind in _KIND_CHECKS:
+        _KIND_CHECKS[kind](c)
+
+
+@_KIND_CHECKS.register("main")
+def _check_main(c: _Settings) -> None:
+    """The grids of the main table: bits, label fractions, method lists and ``top`` rankings."""
+    grids = c.s["grids"]
+    c.need(isinstance(grids, list) and bool(grids), "grids", "a non-empty list", grids)
+    for i, g in enumerate(grids):
+        at = f"grids[{i}]"
+        c.need(isinstance(g, dict), at, "a mapping (bits, label_fractions, methods)", g)
+        bad = sorted(set(g) - {"bits", "label_fractions", "methods", "top"})
         if bad:
-            raise SuiteError(f"{source}: {where}.search: unknown key(s) {bad}")
-        _need(isinstance(sr["bits"], list) and bool(sr["bits"]), source, f"{where}.search.bits", "a non-empty list",
-              sr["bits"])
-        for j, b in enumerate(sr["bits"]):
-            bits(b, f"search.bits[{j}]")
-        for key in ("n_database", "n_queries", "k", "repeats"):
-            _need(_is_int(sr[key]) and sr[key] > 0, source, f"{where}.search.{key}", "a positive integer", sr[key])
-    if kind == "retrievals":
-        for key in ("n_queries", "k"):
-            _need(_is_int(s[key]) and s[key] > 0, source, f"{where}.{key}", "a positive integer", s[key])
-        _need(s["seed"] is None or (_is_int(s["seed"]) and s["seed"] >= 0), source, f"{where}.seed",
-              "null (the first seed) or a seed", s["seed"])
-        _need(isinstance(s["sections"], list) and set(s["sections"]) <= {"main", "unseen", "cross_dataset"},
-              source, f"{where}.sections", "a list of 'main', 'unseen', 'cross_dataset'", s["sections"])
-        if s["methods"] is not None:
-            _check_method_list(s["methods"], source, f"{where}.methods", method_names)
+            c.fail(f".{at}: unknown key(s) {bad}; known: bits, label_fractions, methods, top")
+        if "top" in g:
+            _check_top(c, grids, i)
+        for key in ("bits", "label_fractions"):
+            c.need(isinstance(g.get(key), list) and bool(g.get(key)), f"{at}.{key}", "a non-empty list", g.get(key))
+        for j, b in enumerate(g["bits"]):
+            c.bits(b, f"{at}.bits[{j}]")
+        for j, f in enumerate(g["label_fractions"]):
+            c.fraction(f, f"{at}.label_fractions[{j}]")
+        if "methods" in g:
+            c.methods(g["methods"], f"{at}.methods")
+
+
+def _check_top(c: _Settings, grids: list[dict[str, Any]], i: int) -> None:
+    """A main grid's ``top`` (rank a family by an earlier grid's results); fills in its default ``bits``."""
+    at = f"grids[{i}].top"
+    top = grids[i]["top"]
+    c.need(isinstance(top, dict) and set(top) <= {"n", "family", "bits"} and "n" in top, at,
+           "a mapping {n: <int>, family: <method>, bits: <int>}", top)
+    c.need(_is_int(top["n"]) and top["n"] > 0, f"{at}.n", "a positive integer", top["n"])
+    c.need(top.get("family") is None or isinstance(top["family"], str), f"{at}.family",
+           "a method name (e.g. supervised)", top.get("family"))
+    if i == 0:
+        c.fail(f".{at}: the first grid cannot rank by results; put 'top' on a later grid")
+    top.setdefault("bits", grids[0]["bits"][0])
+    c.bits(top["bits"], f"{at}.bits")
+    if not any(top["bits"] in g0.get("bits", []) for g0 in grids[:i]):
+        c.fail(f".{at}.bits: no earlier grid has {top['bits']} bits")
+
+
+@_KIND_CHECKS.register("unseen")
+def _check_unseen(c: _Settings) -> None:
+    """Seen classes (class indices) and the TrainConfig overrides of unseen-class runs."""
+    seen = c.s["seen_classes"]
+    c.need(isinstance(seen, list) and bool(seen) and all(_is_int(x) and x >= 0 for x in seen), "seen_classes",
+           "a non-empty list of class indices", seen)
+    c.need(isinstance(c.s["overrides"], dict), "overrides", "a mapping of TrainConfig fields", c.s["overrides"])
+    _check_fields(c.s["overrides"], c.source, f"{c.where}.overrides")
+
+
+@_KIND_CHECKS.register("cross_dataset")
+def _check_cross_dataset(c: _Settings) -> None:
+    """The other dataset's name, its reader arguments and its protocol arguments."""
+    c.need(isinstance(c.s["dataset"], str), "dataset", "a dataset name", c.s["dataset"])
+    for key in ("dataset_args", "protocol_args"):
+        c.need(isinstance(c.s[key], dict), key, "a mapping", c.s[key])
+
+
+@_KIND_CHECKS.register("ood_detection")
+def _check_ood_detection(c: _Settings) -> None:
+    """Which OOD kinds the AUROC is measured against."""
+    against = c.s["against"]
+    c.need(isinstance(against, list) and bool(against) and set(against) <= {"unseen", "cross_dataset"}, "against",
+           "a non-empty list of 'unseen' and/or 'cross_dataset'", against)
+
+
+@_KIND_CHECKS.register("cost")
+def _check_cost(c: _Settings) -> None:
+    """The search-cost settings: code lengths, database and query counts, k, repeats."""
+    sr = c.s["search"]
+    c.need(isinstance(sr, dict), "search", "a mapping", sr)
+    bad = sorted(set(sr) - set(EXPERIMENT_DEFAULTS["cost"]["search"]))
+    if bad:
+        c.fail(f".search: unknown key(s) {bad}")
+    c.need(isinstance(sr["bits"], list) and bool(sr["bits"]), "search.bits", "a non-empty list", sr["bits"])
+    for j, b in enumerate(sr["bits"]):
+        c.bits(b, f"search.bits[{j}]")
+    c.positive_ints(sr, ("n_database", "n_queries", "k", "repeats"), "search.")
+
+
+@_KIND_CHECKS.register("retrievals")
+def _check_retrievals(c: _Settings) -> None:
+    """Queries and k of the retrievals page, its seed, sections and methods."""
+    s = c.s
+    c.positive_ints(s, ("n_queries", "k"))
+    c.need(s["seed"] is None or (_is_int(s["seed"]) and s["seed"] >= 0), "seed", "null (the first seed) or a seed",
+           s["seed"])
+    c.need(isinstance(s["sections"], list) and set(s["sections"]) <= {"main", "unseen", "cross_dataset"},
+           "sections", "a list of 'main', 'unseen', 'cross_dataset'", s["sections"])
+    if s["methods"] is not None:
+        c.methods(s["methods"], "methods")
 
 
 def _check_method_list(value: Any, source: str, where: str, method_names: list[str]) -> None:

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
+from coophash.plots import plot_pr_curve
+from coophash.suite.html import write_retrievals
 from coophash.utils.io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["write_report", "build_results", "stats", "fmt_stats"]
@@ -96,8 +98,41 @@ def _method_names(sr: Any) -> list[str]:
 
 def build_results(sr: Any, command: str = "", note: str = "") -> dict[str, Any]:
     """Every table of the report as one JSON-ready dict."""
+    res = _header(sr, command, note)
+    exps = sr.plan.suite.experiments
+    methods = _method_names(sr)
+    if "main" in exps:
+        res["main"] = _main_table(sr)
+        res["best_per_family"] = _best_per_family(sr, res["main"])
+    if "scarcity" in exps:
+        bits = str(exps["scarcity"]["bits"])
+        res["scarcity"] = {"bits": int(bits), "map@all": res.get("main", {}).get(bits, {})}
+    if "unseen" in exps:
+        res["unseen"] = {m: stats(rec["map@all"] for run, rec in _rows(sr, "unseen") if run.method == m)
+                         for m in methods}
+    if "cross_dataset" in exps:
+        rows = _rows(sr, "cross_dataset")
+        res["cross_dataset"] = {
+            m: {"map@all": stats(rec["extra"]["cross_dataset"]["map@all"] for run, rec in rows if run.method == m),
+                "in_distribution_map@all": stats(rec["map@all"] for run, rec in rows if run.method == m)}
+            for m in methods}
+    if "ood_detection" in exps:
+        res["ood_detection"] = {m: _ood_entry(sr, m, exps["ood_detection"]["against"]) for m in methods}
+    if "pr" in exps:
+        res["pr"] = {m: _pr_entry(sr, m) for m in methods}
+    if "cost" in exps:
+        res["cost"] = _cost(sr, methods)
+    res["runs"] = [
+        {"method": run.method, "experiments": sorted(run.experiments), "key": run.key,
+         **{k: v for k, v in sr.records[run.key].items() if k != "extra"},
+         "extra": {k: v for k, v in sr.records[run.key].get("extra", {}).items() if not k.startswith("samples")}}
+        for run in sr.plan.runs if run.key in sr.records]
+    return _clean(res)
+
+
+def _header(sr: Any, command: str, note: str) -> dict[str, Any]:
+    """What was run, where and how far it got: suite, machine, methods, skipped and pending runs, progress."""
     suite = sr.plan.suite
-    exps = suite.experiments
     methods = _method_names(sr)
     res: dict[str, Any] = {
         "suite": suite.name,
@@ -115,84 +150,71 @@ def build_results(sr: Any, command: str = "", note: str = "") -> dict[str, Any]:
                     for m in suite.methods],
         "skipped": sr.plan.skipped,
         "pending": list(sr.plan.pending),
-        "experiments": exps,
+        "experiments": suite.experiments,
         "progress": {},
     }
-    for kind in exps:
+    for kind in suite.experiments:
         planned = sr.plan.runs_for(kind)
         res["progress"][kind] = {"planned": len(planned), "cached": sum(r.key in sr.records for r in planned)}
+    return res
 
-    if "main" in exps:
-        main: dict[str, dict[str, dict[str, Any]]] = {}
-        groups: dict[tuple, list[float]] = {}
-        for run, rec in _rows(sr, "main"):
-            groups.setdefault((run.cfg.bits, run.method, run.cfg.label_fraction), []).append(rec["map@all"])
-        for (bits, m, lf), vals in groups.items():
-            main.setdefault(str(bits), {}).setdefault(m, {})[f"{lf:g}"] = stats(vals)
-        res["main"] = main
-        res["best_per_family"] = _best_per_family(sr, main)
-    if "scarcity" in exps:
-        bits = str(exps["scarcity"]["bits"])
-        res["scarcity"] = {"bits": int(bits), "map@all": res.get("main", {}).get(bits, {})}
-    if "unseen" in exps:
-        res["unseen"] = {m: stats(rec["map@all"] for run, rec in _rows(sr, "unseen") if run.method == m)
-                         for m in methods}
-    if "cross_dataset" in exps:
-        rows = _rows(sr, "cross_dataset")
-        res["cross_dataset"] = {
-            m: {"map@all": stats(rec["extra"]["cross_dataset"]["map@all"] for run, rec in rows if run.method == m),
-                "in_distribution_map@all": stats(rec["map@all"] for run, rec in rows if run.method == m)}
-            for m in methods}
-    if "ood_detection" in exps:
-        ood: dict[str, Any] = {}
-        for m in methods:
-            entry: dict[str, Any] = {}
-            for against, kind, extra in (("unseen", "unseen", "ood_unseen"),
-                                         ("cross_dataset", "cross_dataset", "ood_cross")):
-                if against not in exps["ood_detection"]["against"]:
-                    continue
-                got = [rec["extra"][extra] for run, rec in _rows(sr, kind) if run.method == m and extra in
-                       rec.get("extra", {})]
-                if not got:
-                    entry[against] = {"status": "pending", **stats([])}
-                elif not any(g.get("available") for g in got):
-                    entry[against] = {"status": "no_score", **stats([])}
-                else:
-                    entry[against] = {"status": "ok", **stats(g.get("auroc") for g in got if g.get("available"))}
-            ood[m] = entry
-        res["ood_detection"] = ood
-    if "pr" in exps:
-        pr: dict[str, Any] = {}
-        for m in methods:
-            recs = [rec for run, rec in _rows(sr, "pr") if run.method == m and rec.get("pr_curve")]
-            entry = {"precision@r2": stats(rec.get("precision@r2") for rec in recs), "n": len(recs)}
-            if recs:
-                p = np.array([rec["pr_curve"]["precision"] for rec in recs], dtype=np.float64)
-                r = np.array([rec["pr_curve"]["recall"] for rec in recs], dtype=np.float64)
-                entry["curve"] = {"radius": recs[0]["pr_curve"]["radius"], "precision": p.mean(0).tolist(),
-                                  "recall": r.mean(0).tolist()}
-            pr[m] = entry
-        res["pr"] = pr
-    if "cost" in exps:
-        cost: dict[str, Any] = {}
-        for m in methods:
-            rows = [(run, rec) for run, rec in _rows(sr, "cost") if run.method == m]
-            cost[m] = {
-                "seconds_per_epoch": stats(_median_epoch(rec) for _, rec in rows),
-                "steps_per_epoch": rows[0][1].get("steps_per_epoch") if rows else None,
-                "encode_images_per_s": stats(rec.get("extra", {}).get("encode_speed", {}).get("images_per_s")
-                                             for _, rec in rows),
-            }
-        res["cost"] = {"methods": cost, "search": sr.search}
-        res["cost"]["train_seconds_total"] = sum(
-            float(rec.get("seconds_per_epoch") or 0.0) * float(rec["config"]["epochs"]) for rec in sr.records.values()
-            if rec.get("seconds_per_epoch") is not None and math.isfinite(float(rec["seconds_per_epoch"])))
-    res["runs"] = [
-        {"method": run.method, "experiments": sorted(run.experiments), "key": run.key,
-         **{k: v for k, v in sr.records[run.key].items() if k != "extra"},
-         "extra": {k: v for k, v in sr.records[run.key].get("extra", {}).items() if not k.startswith("samples")}}
-        for run in sr.plan.runs if run.key in sr.records]
-    return _clean(res)
+
+def _main_table(sr: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """mAP@all stats per bits (str) → method → label fraction (``f"{lf:g}"``)."""
+    main: dict[str, dict[str, dict[str, Any]]] = {}
+    groups: dict[tuple, list[float]] = {}
+    for run, rec in _rows(sr, "main"):
+        groups.setdefault((run.cfg.bits, run.method, run.cfg.label_fraction), []).append(rec["map@all"])
+    for (bits, m, lf), vals in groups.items():
+        main.setdefault(str(bits), {}).setdefault(m, {})[f"{lf:g}"] = stats(vals)
+    return main
+
+
+def _ood_entry(sr: Any, m: str, against_kinds: list[str]) -> dict[str, Any]:
+    """AUROC stats of method ``m`` against each OOD kind, with a status: ok, no_score or pending."""
+    entry: dict[str, Any] = {}
+    for against, kind, extra in (("unseen", "unseen", "ood_unseen"), ("cross_dataset", "cross_dataset", "ood_cross")):
+        if against not in against_kinds:
+            continue
+        got = [rec["extra"][extra] for run, rec in _rows(sr, kind) if run.method == m and extra in
+               rec.get("extra", {})]
+        if not got:
+            entry[against] = {"status": "pending", **stats([])}
+        elif not any(g.get("available") for g in got):
+            entry[against] = {"status": "no_score", **stats([])}
+        else:
+            entry[against] = {"status": "ok", **stats(g.get("auroc") for g in got if g.get("available"))}
+    return entry
+
+
+def _pr_entry(sr: Any, m: str) -> dict[str, Any]:
+    """Precision within radius 2 and the mean precision-recall curve over seeds of method ``m``."""
+    recs = [rec for run, rec in _rows(sr, "pr") if run.method == m and rec.get("pr_curve")]
+    entry = {"precision@r2": stats(rec.get("precision@r2") for rec in recs), "n": len(recs)}
+    if recs:
+        p = np.array([rec["pr_curve"]["precision"] for rec in recs], dtype=np.float64)
+        r = np.array([rec["pr_curve"]["recall"] for rec in recs], dtype=np.float64)
+        entry["curve"] = {"radius": recs[0]["pr_curve"]["radius"], "precision": p.mean(0).tolist(),
+                          "recall": r.mean(0).tolist()}
+    return entry
+
+
+def _cost(sr: Any, methods: list[str]) -> dict[str, Any]:
+    """Training and encoding cost per method, search timings, and the training time of every cached run."""
+    cost: dict[str, Any] = {}
+    for m in methods:
+        rows = [(run, rec) for run, rec in _rows(sr, "cost") if run.method == m]
+        cost[m] = {
+            "seconds_per_epoch": stats(_median_epoch(rec) for _, rec in rows),
+            "steps_per_epoch": rows[0][1].get("steps_per_epoch") if rows else None,
+            "encode_images_per_s": stats(rec.get("extra", {}).get("encode_speed", {}).get("images_per_s")
+                                         for _, rec in rows),
+        }
+    out: dict[str, Any] = {"methods": cost, "search": sr.search}
+    out["train_seconds_total"] = sum(
+        float(rec.get("seconds_per_epoch") or 0.0) * float(rec["config"]["epochs"]) for rec in sr.records.values()
+        if rec.get("seconds_per_epoch") is not None and math.isfinite(float(rec["seconds_per_epoch"])))
+    return out
 
 
 def _median_epoch(rec: Mapping[str, Any]) -> Optional[float]:
@@ -258,8 +280,6 @@ def plot_pr(res: Mapping[str, Any], path: Path, title: str) -> Optional[Path]:
     curves = {m: d["curve"] for m, d in res.get("pr", {}).items() if d.get("curve")}
     if not curves:
         return None
-    from coophash.plots import plot_pr_curve
-
     return plot_pr_curve(curves, path, title)
 
 
@@ -275,8 +295,32 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render_markdown(res: Mapping[str, Any], files: Mapping[str, Path]) -> str:
-    """The Markdown report."""
-    exps = res["experiments"]
+    """The Markdown report: a header, then one section per experiment in the suite's results."""
+    lines = _md_header(res)
+    if "main" in res:
+        lines += _md_main(res)
+    if "scarcity" in res:
+        lines += _md_scarcity(res, files)
+    if "unseen" in res or "cross_dataset" in res:
+        lines += _md_ood_retrieval(res)
+    if "ood_detection" in res:
+        lines += _md_ood_detection(res)
+    if "pr" in res:
+        lines += _md_pr(res, files)
+    if "cost" in res:
+        lines += _md_cost(res)
+    if files.get("retrievals"):
+        lines += ["## Sample retrievals", "",
+                  f"[{files['retrievals'].name}]({files['retrievals'].name}): each query with its top "
+                  f"{res['experiments']['retrievals']['k']}, correct ones marked (open the file in a browser; no "
+                  "server needed).", ""]
+    lines += ["## Data", "", "Every number above is in `results.json` (one entry per run under `runs`, with its full "
+              "config).", ""]
+    return "\n".join(lines)
+
+
+def _md_header(res: Mapping[str, Any]) -> list[str]:
+    """Title, description, command, note, machine and protocol; then skipped methods and missing runs."""
     d = res["defaults"]
     lines = [f"# coophash bench `{res['suite']}`", ""]
     if res.get("description"):
@@ -297,127 +341,149 @@ def render_markdown(res: Mapping[str, Any], files: Mapping[str, Path]) -> str:
                   "Runs finished per experiment (the rest are not run yet; rerun the command):", ""]
         lines += [f"* {k}: {v['cached']} of {v['planned']}" for k, v in incomplete.items()]
         lines += [f"* not planned yet: {p}" for p in res["pending"]] + [""]
+    return lines
 
-    if "main" in res:
-        lines += ["## Main table", "", _EXPLAIN["main"], ""]
-        for bits in sorted(res["main"], key=int):
-            per_method = res["main"][bits]
-            lfs = sorted({lf for v in per_method.values() for lf in v}, key=float, reverse=True)
-            best = {lf: max((v[lf]["mean"] for v in per_method.values() if lf in v and v[lf]["n"]), default=None)
-                    for lf in lfs}
-            rows = []
-            for m in [x["name"] for x in res["methods"]]:
-                if m not in per_method:
-                    continue
-                rows.append([m] + [fmt_stats(per_method[m].get(lf), bold=per_method[m].get(lf, {}).get("mean") is not
-                                             None and per_method[m][lf]["mean"] == best[lf]) for lf in lfs])
-            lines += [f"### {bits} bits", ""] + _table(["method"] + [f"labels {_pct(float(lf))}" for lf in lfs], rows)
-            lines += [""]
-        if res.get("best_per_family"):
-            lines += ["### Best entry of each method family", "",
-                      "(family = the TrainConfig `method`: `supervised` is the best baseline loss, `fakereg` the best "
-                      "base loss of fake-image regularised hashing)", ""]
-            lines += _table(["bits", "labels", "family", "best entry", "mAP@all"],
-                            [[str(b["bits"]), _pct(b["label_fraction"]), b["family"], b["best"],
-                              fmt_stats(b["map@all"])]
-                             for b in res["best_per_family"]]) + [""]
-    if "scarcity" in res:
-        lines += ["## Label scarcity", ""]
-        if files.get("scarcity"):
-            lines += [f"![mAP against label fraction]({files['scarcity'].name})", ""]
-        lines += [f"mAP@all against the labeled fraction of train at {res['scarcity']['bits']} bits (the main table's "
-                  "numbers).", ""]
-    if "unseen" in res or "cross_dataset" in res:
-        lines += ["## Out-of-distribution retrieval", ""]
-        header, cols = ["method"], []
-        if "cross_dataset" in res:
-            header.append("in-distribution (same runs)")
-            cols.append(lambda m: fmt_stats(res["cross_dataset"][m]["in_distribution_map@all"]))
-        if "unseen" in res:
-            seen = exps["unseen"]["seen_classes"]
-            contiguous = seen == list(range(seen[0], seen[-1] + 1))
-            header.append(f"unseen classes (train on {seen[0]}–{seen[-1]})" if contiguous
-                          else f"unseen classes (train on {seen})")
-            cols.append(lambda m: fmt_stats(res["unseen"][m]))
-        if "cross_dataset" in res:
-            header.append(f"cross-dataset ({exps['cross_dataset']['dataset']})")
-            cols.append(lambda m: fmt_stats(res["cross_dataset"][m]["map@all"]))
-        methods = [x["name"] for x in res["methods"] if x["status"] == "ran"]
-        lines += [f"mAP@all, {exps.get('unseen', exps.get('cross_dataset'))['bits']} bits. "
-                  + " ".join(_EXPLAIN[k] for k in ("unseen", "cross_dataset") if k in res), ""]
-        lines += _table(header, [[m] + [c(m) for c in cols] for m in methods]) + [""]
-        if "unseen" in res:
-            lines += ["Unseen-class runs are selected at their last epoch: the protocol's validation queries (seen "
-                      "classes) have no relevant item in the unseen-class database, so validation mAP cannot rank "
-                      "epochs.", ""]
-    if "ood_detection" in res:
-        lines += ["## Out-of-distribution detection", "", _EXPLAIN["ood_detection"], ""]
-        against = exps["ood_detection"]["against"]
-        names = {"unseen": "unseen-class queries vs held-out seen-class images",
-                 "cross_dataset": "cross-dataset queries vs in-distribution queries"}
-        rows, without = [], []
-        for m, entry in res["ood_detection"].items():
-            if entry and all(e["status"] == "no_score" for e in entry.values()):
-                without.append(m)
-                continue
-            rows.append([m] + [fmt_stats(entry.get(a)) for a in against])
-        lines += _table(["method"] + [f"AUROC, {names[a]}" for a in against], rows) if rows else \
-            ["No method with an `ood_score` has finished its runs."]
-        lines += [""]
-        if without:
-            lines += ["Methods without an `ood_score` (no AUROC): " + ", ".join(without) + ".", ""]
-    if "pr" in res:
-        lines += ["## Precision-recall", ""]
-        if files.get("pr"):
-            lines += [f"![precision-recall curves]({files['pr'].name})", ""]
-        lines += [f"Precision and recall of the Hamming ball of each radius, averaged over queries and seeds; "
-                  f"{exps['pr']['bits']} bits, labels {_pct(float(exps['pr']['label_fraction']))}. Precision within "
-                  "radius 2 counts a query that retrieves nothing as 0.", ""]
-        lines += _table(["method", "precision within radius 2"],
-                        [[m, fmt_stats(e["precision@r2"])] for m, e in res["pr"].items()]) + [""]
-    if "cost" in res:
-        c = res["cost"]
-        lines += ["## Cost", "", f"Training seconds per epoch (median epoch of each run, optimiser steps only: a GAN "
-                  f"stage trained inside a run's first epoch is left out) and encoding speed of the test-time "
-                  f"network on the database split, {exps['cost']['bits']} bits, labels "
-                  f"{_pct(float(exps['cost']['label_fraction']))}.", ""]
+
+def _md_main(res: Mapping[str, Any]) -> list[str]:
+    """One table per code length (best mean per label fraction in bold), then the best entry of each family."""
+    lines = ["## Main table", "", _EXPLAIN["main"], ""]
+    for bits in sorted(res["main"], key=int):
+        per_method = res["main"][bits]
+        lfs = sorted({lf for v in per_method.values() for lf in v}, key=float, reverse=True)
+        best = {lf: max((v[lf]["mean"] for v in per_method.values() if lf in v and v[lf]["n"]), default=None)
+                for lf in lfs}
         rows = []
-        for m, e in c["methods"].items():
-            rows.append([m, fmt_stats(e["seconds_per_epoch"], 2), str(e["steps_per_epoch"] or "–"),
-                         fmt_stats(e["encode_images_per_s"], 0)])
-        lines += _table(["method", "s/epoch", "steps/epoch", "encode images/s"], rows) + [""]
-        lines += [f"All cached runs of this suite trained for {c['train_seconds_total'] / 3600:.2f} h in total "
-                  "(sum of epoch times).", ""]
-        if c["search"]:
-            lines += ["Search (top-k, random codes, one thread each, best of repeats; same codes and queries "
-                      "for both):",
-                      ""]
-            srows = []
-            for s in c["search"]:
-                faiss_ms = s.get("faiss_ms_per_query")
-                ratio = s.get("ratio_faiss_over_ours")
-                srows.append([str(s["bits"]), f"{s['n_database']:,}", str(s["n_queries"]), str(s["k"]),
-                              f"{s['coophash_ms_per_query']:.3f} ({s['backend']})",
-                              f"{faiss_ms:.3f}" if faiss_ms is not None else s.get("faiss_note", "–"),
-                              _ratio_text(ratio),
-                              "yes" if s.get("same_distances") else ("–" if faiss_ms is None else "NO")])
-            lines += _table(["bits", "codes", "queries", "k", "HammingIndex ms/query", "FAISS IndexBinaryFlat ms/query",
-                             "ours vs FAISS", "same distances"], srows) + [""]
-    if files.get("retrievals"):
-        lines += ["## Sample retrievals", "",
-                  f"[{files['retrievals'].name}]({files['retrievals'].name}): each query with its top "
-                  f"{exps['retrievals']['k']}, correct ones marked (open the file in a browser; no server needed).", ""]
-    lines += ["## Data", "", "Every number above is in `results.json` (one entry per run under `runs`, with its full "
-              "config).", ""]
-    return "\n".join(lines)
+        for m in [x["name"] for x in res["methods"]]:
+            if m not in per_method:
+                continue
+            rows.append([m] + [fmt_stats(per_method[m].get(lf), bold=per_method[m].get(lf, {}).get("mean") is not
+                                         None and per_method[m][lf]["mean"] == best[lf]) for lf in lfs])
+        lines += [f"### {bits} bits", ""] + _table(["method"] + [f"labels {_pct(float(lf))}" for lf in lfs], rows)
+        lines += [""]
+    if res.get("best_per_family"):
+        lines += ["### Best entry of each method family", "",
+                  "(family = the TrainConfig `method`: `supervised` is the best baseline loss, `fakereg` the best "
+                  "base loss of fake-image regularised hashing)", ""]
+        lines += _table(["bits", "labels", "family", "best entry", "mAP@all"],
+                        [[str(b["bits"]), _pct(b["label_fraction"]), b["family"], b["best"],
+                          fmt_stats(b["map@all"])]
+                         for b in res["best_per_family"]]) + [""]
+    return lines
+
+
+def _md_scarcity(res: Mapping[str, Any], files: Mapping[str, Path]) -> list[str]:
+    """The scarcity plot (mAP against label fraction) and what it shows."""
+    lines = ["## Label scarcity", ""]
+    if files.get("scarcity"):
+        lines += [f"![mAP against label fraction]({files['scarcity'].name})", ""]
+    lines += [f"mAP@all against the labeled fraction of train at {res['scarcity']['bits']} bits (the main table's "
+              "numbers).", ""]
+    return lines
+
+
+def _md_ood_retrieval(res: Mapping[str, Any]) -> list[str]:
+    """One table: in-distribution, unseen-class and cross-dataset mAP@all per method."""
+    exps = res["experiments"]
+    header, cols = ["method"], []
+    if "cross_dataset" in res:
+        header.append("in-distribution (same runs)")
+        cols.append(lambda m: fmt_stats(res["cross_dataset"][m]["in_distribution_map@all"]))
+    if "unseen" in res:
+        seen = exps["unseen"]["seen_classes"]
+        contiguous = seen == list(range(seen[0], seen[-1] + 1))
+        header.append(f"unseen classes (train on {seen[0]}–{seen[-1]})" if contiguous
+                      else f"unseen classes (train on {seen})")
+        cols.append(lambda m: fmt_stats(res["unseen"][m]))
+    if "cross_dataset" in res:
+        header.append(f"cross-dataset ({exps['cross_dataset']['dataset']})")
+        cols.append(lambda m: fmt_stats(res["cross_dataset"][m]["map@all"]))
+    methods = [x["name"] for x in res["methods"] if x["status"] == "ran"]
+    lines = ["## Out-of-distribution retrieval", ""]
+    lines += [f"mAP@all, {exps.get('unseen', exps.get('cross_dataset'))['bits']} bits. "
+              + " ".join(_EXPLAIN[k] for k in ("unseen", "cross_dataset") if k in res), ""]
+    lines += _table(header, [[m] + [c(m) for c in cols] for m in methods]) + [""]
+    if "unseen" in res:
+        lines += ["Unseen-class runs are selected at their last epoch: the protocol's validation queries (seen "
+                  "classes) have no relevant item in the unseen-class database, so validation mAP cannot rank "
+                  "epochs.", ""]
+    return lines
+
+
+def _md_ood_detection(res: Mapping[str, Any]) -> list[str]:
+    """AUROC per method and OOD kind; methods without an ``ood_score`` listed apart."""
+    lines = ["## Out-of-distribution detection", "", _EXPLAIN["ood_detection"], ""]
+    against = res["experiments"]["ood_detection"]["against"]
+    names = {"unseen": "unseen-class queries vs held-out seen-class images",
+             "cross_dataset": "cross-dataset queries vs in-distribution queries"}
+    rows, without = [], []
+    for m, entry in res["ood_detection"].items():
+        if entry and all(e["status"] == "no_score" for e in entry.values()):
+            without.append(m)
+            continue
+        rows.append([m] + [fmt_stats(entry.get(a)) for a in against])
+    lines += _table(["method"] + [f"AUROC, {names[a]}" for a in against], rows) if rows else \
+        ["No method with an `ood_score` has finished its runs."]
+    lines += [""]
+    if without:
+        lines += ["Methods without an `ood_score` (no AUROC): " + ", ".join(without) + ".", ""]
+    return lines
+
+
+def _md_pr(res: Mapping[str, Any], files: Mapping[str, Path]) -> list[str]:
+    """The precision-recall plot and the precision within radius 2 per method."""
+    exps = res["experiments"]
+    lines = ["## Precision-recall", ""]
+    if files.get("pr"):
+        lines += [f"![precision-recall curves]({files['pr'].name})", ""]
+    lines += [f"Precision and recall of the Hamming ball of each radius, averaged over queries and seeds; "
+              f"{exps['pr']['bits']} bits, labels {_pct(float(exps['pr']['label_fraction']))}. Precision within "
+              "radius 2 counts a query that retrieves nothing as 0.", ""]
+    lines += _table(["method", "precision within radius 2"],
+                    [[m, fmt_stats(e["precision@r2"])] for m, e in res["pr"].items()]) + [""]
+    return lines
+
+
+def _md_cost(res: Mapping[str, Any]) -> list[str]:
+    """Seconds per epoch and encoding speed per method, total training time, then search timings."""
+    c = res["cost"]
+    exps = res["experiments"]
+    lines = ["## Cost", "", f"Training seconds per epoch (median epoch of each run, optimiser steps only: a GAN "
+             f"stage trained inside a run's first epoch is left out) and encoding speed of the test-time "
+             f"network on the database split, {exps['cost']['bits']} bits, labels "
+             f"{_pct(float(exps['cost']['label_fraction']))}.", ""]
+    rows = []
+    for m, e in c["methods"].items():
+        rows.append([m, fmt_stats(e["seconds_per_epoch"], 2), str(e["steps_per_epoch"] or "–"),
+                     fmt_stats(e["encode_images_per_s"], 0)])
+    lines += _table(["method", "s/epoch", "steps/epoch", "encode images/s"], rows) + [""]
+    lines += [f"All cached runs of this suite trained for {c['train_seconds_total'] / 3600:.2f} h in total "
+              "(sum of epoch times).", ""]
+    if c["search"]:
+        lines += _md_search(c["search"])
+    return lines
+
+
+def _md_search(search: list[Mapping[str, Any]]) -> list[str]:
+    """Search timings of HammingIndex and FAISS IndexBinaryFlat per code length."""
+    lines = ["Search (top-k, random codes, one thread each, best of repeats; same codes and queries for both):", ""]
+    srows = []
+    for s in search:
+        faiss_ms = s.get("faiss_ms_per_query")
+        ratio = s.get("ratio_faiss_over_ours")
+        srows.append([str(s["bits"]), f"{s['n_database']:,}", str(s["n_queries"]), str(s["k"]),
+                      f"{s['coophash_ms_per_query']:.3f} ({s['backend']})",
+                      f"{faiss_ms:.3f}" if faiss_ms is not None else s.get("faiss_note", "–"),
+                      _ratio_text(ratio),
+                      "yes" if s.get("same_distances") else ("–" if faiss_ms is None else "NO")])
+    lines += _table(["bits", "codes", "queries", "k", "HammingIndex ms/query", "FAISS IndexBinaryFlat ms/query",
+                     "ours vs FAISS", "same distances"], srows) + [""]
+    return lines
 
 
 def write_report(sr: Any, command: str = "", note: str = "") -> dict[str, Path]:
     """Write results.json, report.md, the plots and the retrievals page under ``sr.report_dir``.
 
     ``note`` is free text printed under the command (where and how the runs were trained, say)."""
-    from coophash.suite.html import write_retrievals
-
     out = Path(sr.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     res = build_results(sr, command, note)

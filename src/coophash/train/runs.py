@@ -19,13 +19,16 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import IO, Any, Mapping, Optional, Union
+from typing import IO, TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import numpy as np
 import torch
 import yaml
 
 from coophash.utils.io import atomic_write_text
+
+if TYPE_CHECKING:  # annotations only
+    from coophash.config import TrainConfig
 
 __all__ = [
     "CONFIG",
@@ -34,8 +37,11 @@ __all__ = [
     "BEST",
     "LAST",
     "create_run_dir",
+    "run_tag",
+    "new_run_dir",
     "list_runs",
     "find_run",
+    "resolve_run",
     "write_config",
     "read_config",
     "MetricsLogger",
@@ -122,6 +128,39 @@ def find_run(root: PathLike, spec: Union[str, int, Path]) -> Path:
     names = [p.name for p in list_runs(root)]
     shown = ", ".join(names[-10:]) if names else "none"
     raise FileNotFoundError(f"{root}: no run matches {text!r} (latest runs: {shown})")
+
+
+def run_tag(cfg: "TrainConfig") -> str:
+    """The folder tag of a run of ``cfg`` (a TrainConfig): ``{method}-{loss}-{dataset}-{bits}b-lf{lf}-s{seed}``.
+
+    A GAN run (stage 1 of fake-image hashing) has no loss or code length of interest: ``gan-{dataset}-s{seed}``.
+    """
+    if cfg.method == "gan":
+        return f"gan-{cfg.dataset}-s{cfg.seed}"
+    return f"{cfg.method}-{cfg.loss}-{cfg.dataset}-{cfg.bits}b-lf{cfg.label_fraction:g}-s{cfg.seed}"
+
+
+def new_run_dir(cfg: "TrainConfig", tag: Optional[str] = None) -> Path:
+    """Create the next numbered run folder for ``cfg`` under ``cfg.out`` (tag: :func:`run_tag` unless given)."""
+    return create_run_dir(cfg.out, run_tag(cfg) if tag is None else tag)
+
+
+def resolve_run(run: Union[str, int, Path], root: PathLike = "runs", which: str = "best") -> tuple[Path, Path]:
+    """(run folder, checkpoint) of a run given as a checkpoint file, a folder, or a number/name under ``root``.
+
+    The checkpoint is the given file, else ``best`` (``which="best"``, falling back to ``last`` when the run
+    has no best yet) or ``last``; it may not exist (a run that never saved one).
+    """
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be best or last, got {which!r}")
+    path = None if isinstance(run, int) else Path(run)
+    if path is not None and path.is_file():
+        return path.parent, path
+    run_dir = path if path is not None and path.is_dir() else find_run(root, run)
+    ckpt = run_dir / (BEST if which == "best" else LAST)
+    if not ckpt.exists():
+        ckpt = run_dir / LAST
+    return run_dir, ckpt
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from coophash.codes import binarize, pack_bits
 from coophash.config import TrainConfig
 from coophash.data import HashDataset, Manifest, load_dataset, make_protocol
 from coophash.methods.base import DataInfo, Method, create_method
@@ -28,7 +27,9 @@ from coophash.metrics import evaluate
 from coophash.train import runs
 from coophash.train.augment import augment_batch
 from coophash.train.checkpoint import load_checkpoint, save_checkpoint
+from coophash.train.encoding import encode_indices
 from coophash.methods.phases import TrainingDiverged
+from coophash.train.progress import Progress, ProgressFn
 from coophash.train.sampler import StepSchedule
 from coophash.utils.io import atomic_write_text
 from coophash.utils.meter import RunningMeans
@@ -45,9 +46,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_data(cfg: TrainConfig) -> tuple[HashDataset, Manifest]:
-    """Load the dataset and make (or read) the protocol manifest for a config."""
-    ds = load_dataset(cfg.dataset, image_size=cfg.image_size, channels=cfg.channels, **cfg.dataset_args)
+def prepare_data(
+    cfg: TrainConfig, dataset: Optional[HashDataset] = None, manifest: Optional[Manifest] = None
+) -> tuple[HashDataset, Manifest]:
+    """The dataset (loaded by name unless given) and the protocol manifest (unless given) of a config.
+
+    The one place a manifest is made for a run: ``cfg.manifest`` (a file, checked against the dataset), else
+    ``cfg.protocol`` split with ``cfg.split_seed`` (``cfg.seed`` when unset) and ``cfg.label_fraction``.
+    """
+    ds = dataset
+    if ds is None:
+        ds = load_dataset(cfg.dataset, image_size=cfg.image_size, channels=cfg.channels, **cfg.dataset_args)
+    if manifest is not None:
+        return ds, manifest
     if cfg.manifest:
         manifest = Manifest.load(cfg.manifest)
         manifest.check(ds)
@@ -68,26 +79,6 @@ def data_info(ds: HashDataset, manifest: Manifest) -> DataInfo:
     )
 
 
-@torch.no_grad()
-def encode_indices(
-    encode_fn: Callable[[torch.Tensor], torch.Tensor],
-    ds: HashDataset,
-    indices: np.ndarray,
-    device: torch.device,
-    batch_size: int = 512,
-) -> np.ndarray:
-    """Packed codes (n, ceil(K/8)) of the dataset items at ``indices``."""
-    chunks = []
-    for start in range(0, len(indices), batch_size):
-        idx = np.asarray(indices[start : start + batch_size])
-        x = ds.images(idx).to(device)
-        u = encode_fn(x).float().cpu()
-        chunks.append(pack_bits(binarize(u).numpy()))
-    if not chunks:
-        raise ValueError("no items to encode")
-    return np.concatenate(chunks, axis=0)
-
-
 @dataclass
 class StepInfo:
     """What a step callback sees (tests use it to kill a run mid-epoch)."""
@@ -106,16 +97,19 @@ class Trainer:
         run_dir: str | Path,
         dataset: Optional[HashDataset] = None,
         manifest: Optional[Manifest] = None,
-        progress: Optional[Callable[[int, int, dict[str, float]], None]] = None,
+        progress: Optional[ProgressFn] = None,
+        stage: str = "train",
     ) -> None:
+        """Build the method for ``cfg`` (data from :func:`prepare_data` unless given); ``progress`` sees each step."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         if dataset is None or manifest is None:
-            dataset, manifest = prepare_data(cfg)
+            dataset, manifest = prepare_data(cfg, dataset, manifest)
         self.ds = dataset
         self.manifest = manifest
         self.device = torch.device(cfg.device)
-        self.progress = progress
+        self.stage = stage
+        self._progress = progress
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         seed_everything(cfg.seed)
@@ -280,8 +274,8 @@ class Trainer:
                 meter.add(values)
                 state["global_step"] += 1
                 state["step_in_epoch"] = s + 1
-                if self.progress:
-                    self.progress(epoch, s + 1, values)
+                if self._progress is not None:
+                    self._progress(Progress(self.stage, epoch, cfg.epochs, s + 1, spe, values))
                 if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0 and s + 1 < spe:
                     state.update(meter=meter.sums, meter_count=meter.count, epoch_seconds=time.perf_counter() - t0)
                     self._save(self.last_path, state)

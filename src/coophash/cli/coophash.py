@@ -1,4 +1,4 @@
-"""CLI commands of CoopHash (added to the `coophash` group on import): ``coophash sample RUN``."""
+"""``coophash sample RUN``: a grid of CoopHash's generated and revised contrastive pairs per class."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,12 +6,12 @@ from typing import Optional
 
 import click
 
-from coophash.cli import cli
+from coophash.cli.common import fail, load_method
 
 __all__ = ["sample"]
 
 
-@cli.command("sample")
+@click.command("sample")
 @click.argument("run")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="PNG file to write (default: RUN/samples.png); a .json sidecar describes the tiles.")
@@ -27,21 +27,16 @@ def sample(run: str, out: Optional[str], per_class: int, steps: Optional[int], s
 
     One row per class c; per latent z four tiles: G(z, c), its revision, G(z, y-), its revision (y- != c).
     """
-    from coophash.api import load_run
     from coophash.methods.coophash import CoopHash
     from coophash.methods.coophash_sample import write_sample
     from coophash.train import runs
 
-    try:
-        cfg, method = load_run(run, which=which, device=device, root=root)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc))
+    cfg, method = load_method(run, which, device, root)
     if not isinstance(method, CoopHash):
-        raise click.ClickException(f"run {run} was trained with method {cfg.method!r}; `sample` needs coophash")
+        fail(f"run {run} was trained with method {cfg.method!r}; `sample` needs coophash")
     if per_class < 1:
-        raise click.ClickException("--per-class must be >= 1")
-    p = Path(run)
-    run_dir = p.parent if p.is_file() else (p if p.is_dir() else runs.find_run(root, run))
+        fail("--per-class must be >= 1")
+    run_dir, _ = runs.resolve_run(run, root, which)
     target = Path(out) if out else run_dir / "samples.png"
     png, side = write_sample(method, target, per_class=per_class, seed=seed, steps=steps)
     click.echo(f"wrote {png} ({method.info.n_classes} classes x {per_class} pairs: generated+, revised+, "

@@ -1,0 +1,203 @@
+"""``coophash encode`` / ``index`` / ``search``: packed code files, Hamming indexes and queries against them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from coophash.cli.common import fail, load_method, read_images
+
+__all__ = ["encode", "index", "search"]
+
+_SPLITS = ("database", "query", "validation", "train", "labeled")
+
+
+@click.command()
+@click.argument("run")
+@click.option("--dataset", "dataset", help="Encode a dataset (default: the run's).")
+@click.option("--split", default="database", help="Manifest split to encode (database, query, validation, train, all).")
+@click.option("--images", "images", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Image files.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Code file to write.")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best")
+@click.option("--device", default="cpu")
+@click.option("--root", default="runs")
+def encode(run: str, dataset: Optional[str], split: str, images: tuple[str, ...], out: str, which: str,
+           device: str, root: str) -> None:
+    """Encode images or a dataset split to a packed code file (safetensors)."""
+    import numpy as np
+
+    from coophash.codefile import save_codes
+    from coophash.data import Manifest, load_dataset
+    from coophash.train import runs
+    from coophash.train.encoding import encode_images, encode_indices
+
+    cfg, method = load_method(run, which, device, root)
+    if images:
+        x = read_images(images, method.info.image_size, method.info.channels)
+        codes = encode_images(method.encode, x, method.device, batch_size=max(1, len(x)))
+        save_codes(out, codes, cfg.bits, source="images:" + ",".join(images))
+        click.echo(f"wrote {len(codes)} codes of {cfg.bits} bits to {out}")
+        return
+    try:
+        name = dataset or cfg.dataset
+        ds = load_dataset(name, image_size=method.info.image_size, channels=method.info.channels,
+                          **(cfg.dataset_args if name == cfg.dataset else {}))
+        if split == "all" or name != cfg.dataset:
+            idx = np.arange(len(ds))
+        else:
+            mf = Manifest.load(runs.resolve_run(run, root, which)[0] / runs.MANIFEST)
+            if split not in _SPLITS:
+                fail(f"unknown split {split!r}")
+            idx = getattr(mf, split)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    codes = encode_indices(method.encode, ds, idx, method.device)
+    save_codes(out, codes, cfg.bits, ids=idx, labels=ds.labels[idx].numpy(), source=f"{name}:{split}")
+    click.echo(f"wrote {len(codes)} codes of {cfg.bits} bits to {out}")
+
+
+def _labels_path(index_path: Path) -> Path:
+    """The sidecar code file holding the labels of an index's codes."""
+    return index_path.with_name(index_path.name + ".labels.safetensors")
+
+
+@click.command()
+@click.argument("codes", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Index file to write.")
+@click.option("--backend", default="auto", type=click.Choice(["auto", "numba", "numpy", "faiss"]))
+def index(codes: str, out: str, backend: str) -> None:
+    """Build a Hamming index from a code file (labels, if present, go to a sidecar file)."""
+    from coophash.codefile import CodeFileError, load_codes, save_codes
+    from coophash.index import HammingIndex
+
+    try:
+        cf = load_codes(codes)
+    except CodeFileError as exc:
+        fail(str(exc))
+    idx = HammingIndex(cf.nbits, backend=backend)
+    idx.add(cf.codes, ids=cf.ids)
+    idx.save(out)
+    if cf.labels is not None:
+        save_codes(_labels_path(Path(out)), cf.codes, cf.nbits, ids=cf.ids, labels=cf.labels, source=cf.source)
+    click.echo(f"indexed {idx.ntotal} codes of {cf.nbits} bits into {out}")
+
+
+@click.command()
+@click.argument("index_file", type=click.Path(dir_okay=False))
+@click.option("--codes", "codes", type=click.Path(dir_okay=False), help="Query code file.")
+@click.option("--images", "images", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Query images.")
+@click.option("--run", "run", help="Run whose network encodes --images.")
+@click.option("-k", "k", type=int, default=10, help="Neighbours per query.")
+@click.option("--radius", type=int, default=None, help="Return every code within this Hamming radius instead.")
+@click.option("--limit", type=int, default=10, help="Show at most this many queries.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--root", default="runs")
+@click.option("--device", default="cpu")
+def search(index_file: str, codes: Optional[str], images: tuple[str, ...], run: Optional[str], k: int,
+           radius: Optional[int], limit: int, as_json: bool, root: str, device: str) -> None:
+    """Search an index with query codes or images; prints top-k ids, distances and labels where known."""
+    from coophash.index import HammingIndex, IndexFileError
+
+    try:
+        idx = HammingIndex.load(index_file)
+    except (IndexFileError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if codes:
+        q, q_labels, names, q_scores = _query_codes(codes, idx.nbits)
+    elif images:
+        if not run:
+            fail("--images needs --run to encode them")
+        q, q_labels, names, q_scores = _query_images(images, run, idx.nbits, index_file, root, device)
+    else:
+        fail("give --codes or --images")
+    if radius is not None:
+        lims, D, I = idx.range_search(q, radius)
+        rows = [(D[lims[i]:lims[i + 1]], I[lims[i]:lims[i + 1]]) for i in range(len(q))]
+    else:
+        D, I = idx.search(q, k)
+        rows = [(D[i], I[i]) for i in range(len(q))]
+    results = _results(rows[:limit], names, q_labels, q_scores, _index_labels(Path(index_file)))
+    if as_json:
+        click.echo(json.dumps(results, indent=1))
+    else:
+        _print_table(results)
+
+
+def _query_codes(codes: str, nbits: int) -> tuple[Any, Any, list[str], None]:
+    """(packed codes, labels or None, names, no OOD scores) of a query code file."""
+    from coophash.codefile import CodeFileError, load_codes
+
+    try:
+        cf = load_codes(codes, nbits=nbits)
+    except CodeFileError as exc:
+        fail(str(exc))
+    return cf.codes, cf.labels, [str(i) for i in cf.ids], None
+
+
+def _query_images(images: tuple[str, ...], run: str, nbits: int, index_file: str, root: str,
+                  device: str) -> tuple[Any, None, list[str], Any]:
+    """(packed codes, no labels, names, OOD scores or None) of query images encoded by a run's network.
+
+    The out-of-distribution score is given by methods with a density (e.g. CoopHash's energy).
+    """
+    import torch
+
+    from coophash.train.encoding import encode_images
+
+    cfg, method = load_method(run, "best", device, root)
+    if cfg.bits != nbits:
+        fail(f"run {run} makes {cfg.bits}-bit codes but {index_file} holds {nbits}-bit codes")
+    x = read_images(images, method.info.image_size, method.info.channels)
+    q = encode_images(method.encode, x, method.device, batch_size=max(1, len(x)))
+    with torch.no_grad():
+        ood = method.ood_score(x.to(method.device))
+    return q, None, list(images), None if ood is None else ood.float().cpu().numpy()
+
+
+def _index_labels(index_path: Path) -> Optional[dict[int, Any]]:
+    """id → label vector of an index's codes, from its sidecar file (None without one)."""
+    from coophash.codefile import load_codes
+
+    lp = _labels_path(index_path)
+    if not lp.exists():
+        return None
+    lf = load_codes(lp)
+    return dict(zip(lf.ids.tolist(), lf.labels))
+
+
+def _results(rows: list, names: list[str], q_labels: Any, q_scores: Any,
+             db_labels: Optional[dict[int, Any]]) -> list[dict[str, Any]]:
+    """One entry per query: its name, hits (id, distance, labels where known), labels and OOD score."""
+    import numpy as np
+
+    results = []
+    for qi, (d, ids) in enumerate(rows):
+        hits = []
+        for dist, j in zip(d.tolist(), ids.tolist()):
+            if j < 0:
+                continue
+            hit = {"id": int(j), "distance": int(dist)}
+            if db_labels is not None and j in db_labels:
+                hit["labels"] = np.flatnonzero(db_labels[j]).tolist()
+            hits.append(hit)
+        entry: dict[str, Any] = {"query": names[qi], "hits": hits}
+        if q_labels is not None:
+            entry["labels"] = np.flatnonzero(q_labels[qi]).tolist()
+        if q_scores is not None:
+            entry["ood_score"] = float(q_scores[qi])
+        results.append(entry)
+    return results
+
+
+def _print_table(results: list[dict[str, Any]]) -> None:
+    """The human-readable form of search results."""
+    for e in results:
+        head = f"query {e['query']}" + (f" labels={e['labels']}" if "labels" in e else "")
+        if "ood_score" in e:
+            head += f" ood_score={e['ood_score']:.4f}"
+        click.echo(head)
+        for h in e["hits"]:
+            lab = f" labels={h['labels']}" if "labels" in h else ""
+            click.echo(f"   id={h['id']:>8}  d={h['distance']:>3}{lab}")

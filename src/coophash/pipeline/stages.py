@@ -1,0 +1,141 @@
+"""Stages: each one ``Trainer.fit`` in its own run folder, run in order by :func:`run_stages`.
+
+A stage that makes a product other runs share (a GAN's fakes file, under ``<out>/gans/``) names its
+``outputs``: it is skipped when they all exist, otherwise trained under an exclusive lock on its folder
+(so that processes sharing an output folder, e.g. benchmark shards, train it once), resumed from its last
+checkpoint when there is one, and finished by its ``after`` hook, which writes the outputs.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from coophash.config import TrainConfig
+from coophash.data import HashDataset, Manifest
+from coophash.train import runs
+from coophash.train.progress import ProgressFn
+from coophash.train.trainer import Trainer
+from coophash.utils.registry import Registry
+
+__all__ = ["RECIPES", "Stage", "StageResult", "derived_config", "run_stages", "stage_lock"]
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.json"
+
+
+@dataclass
+class Stage:
+    """One ``Trainer.fit`` of a pipeline: its name, its config and its run folder.
+
+    ``outputs``: files a finished shared stage leaves (all present: the stage is skipped); ``after(trainer)``:
+    post-processing once the stage has trained (e.g. the GAN stage writes its fakes, grid and curves).
+    """
+
+    name: str
+    cfg: TrainConfig
+    run_dir: Path
+    outputs: tuple[Path, ...] = ()
+    after: Optional[Callable[[Trainer], None]] = None
+
+    def done(self) -> bool:
+        """Whether this is a shared stage whose outputs all exist already."""
+        return bool(self.outputs) and all(p.exists() for p in self.outputs)
+
+
+@dataclass
+class StageResult:
+    """A finished stage: its trainer (method, data, manifest; None when skipped) and its query-split results."""
+
+    stage: Stage
+    trainer: Optional[Trainer]
+    results: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+
+
+# A recipe turns a config (of the method it is registered under) into its stages; methods without one
+# train in one stage.
+RECIPES: Registry[Callable[[TrainConfig, Path], list[Stage]]] = Registry("pipeline recipe")
+
+
+@contextlib.contextmanager
+def stage_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``<folder>/.lock`` (POSIX ``flock``; no lock where fcntl is missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(folder / ".lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def derived_config(cfg: TrainConfig, source: str, **fields: Any) -> TrainConfig:
+    """A config for another stage on the data, split source and devices of ``cfg`` (``fields`` set the rest).
+
+    Copied from ``cfg``: dataset and its arguments, image size, channels, protocol and its arguments,
+    manifest, batch size, seed, split seed, device, evaluation and checkpoint intervals, threads and ``out``.
+    """
+    keep = ("dataset", "dataset_args", "image_size", "channels", "protocol", "protocol_args", "manifest",
+            "batch_size", "seed", "split_seed", "device", "eval_every", "checkpoint_every", "eval_batch_size",
+            "threads", "out")
+    base = cfg.to_dict()
+    return TrainConfig.from_dict({**{k: base[k] for k in keep}, **fields}, source)
+
+
+def run_stages(stages: list[Stage], *, dataset: Optional[HashDataset] = None,
+               manifest: Optional[Manifest] = None, resume: bool = False,
+               progress: Optional[ProgressFn] = None) -> list[StageResult]:
+    """Run stages in order; every stage gets ``dataset``, the last also ``manifest`` and ``resume``.
+
+    Earlier stages make their own manifest from their config (a GAN stage's label fraction differs from the
+    run's); shared stages (with ``outputs``) are reused when done and resume their own last checkpoint.
+    """
+    out: list[StageResult] = []
+    for i, st in enumerate(stages):
+        last = i == len(stages) - 1
+        if st.outputs:
+            out.append(_run_shared(st, dataset, manifest if last else None, progress))
+        else:
+            out.append(_fit(st, dataset, manifest if last else None, resume and last, progress))
+    return out
+
+
+def _fit(st: Stage, dataset: Optional[HashDataset], manifest: Optional[Manifest], resume: bool,
+         progress: Optional[ProgressFn]) -> StageResult:
+    """Train one stage (then its ``after`` hook)."""
+    trainer = Trainer(st.cfg, st.run_dir, dataset, manifest, progress=progress, stage=st.name)
+    results = trainer.fit(resume=resume)
+    if st.after is not None:
+        st.after(trainer)
+    return StageResult(st, trainer, results)
+
+
+def _run_shared(st: Stage, dataset: Optional[HashDataset], manifest: Optional[Manifest],
+                progress: Optional[ProgressFn]) -> StageResult:
+    """Reuse a shared stage's outputs, or make them once under its folder lock (resuming its last checkpoint)."""
+    if st.done():
+        log.info("stage %s: reusing %s", st.name, st.run_dir)
+        return StageResult(st, None, _read_results(st.run_dir), skipped=True)
+    with stage_lock(st.run_dir):
+        if st.done():
+            log.info("stage %s: reusing %s (made by another process)", st.name, st.run_dir)
+            return StageResult(st, None, _read_results(st.run_dir), skipped=True)
+        log.info("stage %s: training in %s (%d epochs)", st.name, st.run_dir, st.cfg.epochs)
+        return _fit(st, dataset, manifest, (st.run_dir / runs.LAST).exists(), progress)
+
+
+def _read_results(run_dir: Path) -> dict[str, Any]:
+    """The query-split results a finished run left (empty when it left none)."""
+    path = run_dir / RESULTS
+    return json.loads(path.read_text()) if path.is_file() else {}

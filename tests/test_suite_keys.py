@@ -1,0 +1,98 @@
+"""Cache keys of the experiment suite: a (method, config, seed) run keeps the key its cached result is filed under.
+
+Every figure below was computed with the code before the restructure of issue 10.  A changed key would make
+``coophash bench`` retrain runs that are cached, and the committed benchmark results unreachable.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from coophash.bench import config_key
+from coophash.config import TrainConfig
+from coophash.suite import load_suite, plan_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The runs of ``coophash bench smoke`` (out=bench/smoke, default device), in training order.
+SMOKE_KEYS = [
+    'supervised-dsh-32b-lf1-s0-d677e55e7b',
+    'supervised-dpsh-32b-lf1-s0-3ffb647d64',
+    'supervised-hashnet-32b-lf1-s0-1f8677fceb',
+    'supervised-csq-32b-lf1-s0-544dcf6466',
+    'supervised-greedyhash-32b-lf1-s0-6e6413c354',
+    'supervised-orthohash-32b-lf1-s0-f832528ea5',
+    'coophash-dpsh-32b-lf1-s0-9ca4343d97',
+    'fakereg-dpsh-32b-lf1-s0-9829352687',
+    'supervised-dsh-32b-lf0.1-s0-64429eb192',
+    'supervised-dpsh-32b-lf0.1-s0-35736ca37f',
+    'supervised-hashnet-32b-lf0.1-s0-15dd193279',
+    'supervised-csq-32b-lf0.1-s0-5a50b80005',
+    'supervised-greedyhash-32b-lf0.1-s0-83cf56cbbb',
+    'supervised-orthohash-32b-lf0.1-s0-4237321569',
+    'coophash-dpsh-32b-lf0.1-s0-a05c33070a',
+    'fakereg-dpsh-32b-lf0.1-s0-6f8ecfad62',
+    'supervised-dpsh-16b-lf0.1-s0-0c34864189',
+    'coophash-dpsh-16b-lf0.1-s0-d1145231c1',
+    'supervised-dsh-32b-lf1-s0-1de5bc69b6',
+    'supervised-dpsh-32b-lf1-s0-d85ec54ed6',
+    'supervised-hashnet-32b-lf1-s0-5a9604d098',
+    'supervised-csq-32b-lf1-s0-6d51679989',
+    'supervised-greedyhash-32b-lf1-s0-e07790390d',
+    'supervised-orthohash-32b-lf1-s0-1a7d1bf69e',
+    'coophash-dpsh-32b-lf1-s0-cbe93a37fe',
+    'fakereg-dpsh-32b-lf1-s0-dc6891e73d',
+]
+
+
+def test_keys_of_single_configs_are_pinned():
+    assert config_key(TrainConfig()) == "supervised-dpsh-32b-lf1-s0-d8ae561ebe"
+    fakereg = TrainConfig.from_dict({"method": "fakereg", "loss": "csq", "bits": 16, "label_fraction": 0.1, "seed": 2,
+                                     "method_args": {"gan_epochs": 1}})
+    assert config_key(fakereg) == "fakereg-csq-16b-lf0.1-s2-f7c3558877"
+    coop = TrainConfig.from_dict({"method": "coophash", "loss": "dpsh", "unlabeled_batch_size": 32, "amp": False,
+                                  "method_args": {"langevin_steps": 2}})
+    assert config_key(coop) == "coophash-dpsh-32b-lf1-s0-75aaf05ee0"
+    # not in the key: where the run writes, how many threads it uses
+    assert config_key(TrainConfig(out="elsewhere", threads=3)) == config_key(TrainConfig())
+
+
+def test_smoke_suite_plans_the_pinned_keys():
+    plan = plan_suite(load_suite("smoke"), out="bench/smoke")
+    assert [r.key for r in plan.runs] == SMOKE_KEYS
+    assert plan.pending == []
+
+
+def test_paper_suite_plans_the_pinned_keys():
+    plan = plan_suite(load_suite("paper"), out="bench/paper")
+    keys = [r.key for r in plan.runs]
+    assert len(keys) == 108 and len(plan.pending) == 2  # the ``top`` grid waits for the 32-bit results
+    assert hashlib.sha1("\n".join(keys).encode()).hexdigest() == "b21cbed0cc5317a1d5ff5aa011fb076d91a1224e"
+
+
+def test_paper_suite_plans_exactly_the_runs_of_the_committed_report():
+    """docs/paper was made by ``coophash bench paper --device cuda``: the plan, its ``top`` grid ranked on those
+    results, has the same runs under the same keys, each read by the same experiments."""
+    res = json.loads((ROOT / "docs" / "paper" / "results.json").read_text())
+    by_key = {r["key"]: r for r in res["runs"]}
+    # (its runs were trained with --out /tmp/paper: TrainConfig.out is in the stored config, not in the key)
+    plan = plan_suite(load_suite("paper"), device="cuda", out="/tmp/paper", lookup=lambda run: by_key.get(run.key))
+    assert plan.pending == []
+    assert [r.key for r in plan.runs] == [r["key"] for r in res["runs"]]
+    for run in plan.runs:
+        rec = by_key[run.key]
+        assert run.method == rec["method"] and sorted(run.experiments) == rec["experiments"]
+        assert run.cfg.to_dict() == rec["config"]
+
+
+@pytest.mark.parametrize("bench", sorted(p.name for p in (ROOT / "benchmarks" / "results").iterdir()
+                                         if (p / "results").is_dir()))
+def test_committed_benchmark_results_are_filed_under_their_config_key(bench):
+    paths = sorted((ROOT / "benchmarks" / "results" / bench / "results").glob("*.json"))
+    assert paths
+    for p in paths:
+        cfg = TrainConfig.from_dict(json.loads(p.read_text())["config"])
+        assert config_key(cfg) == p.stem, p
