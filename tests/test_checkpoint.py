@@ -486,32 +486,50 @@ def test_config_round_trip(tmp_path):
         runs.read_config(tmp_path / "nope.yaml")
 
 
-def test_metrics_logger_and_truncated_last_line(tmp_path):
+def test_metrics_logger_seals_every_line_and_refuses_damage(tmp_path):
     path = tmp_path / runs.METRICS
     with runs.MetricsLogger(path) as logger:
         logger.log(epoch=1, step=10, loss=torch.tensor(0.5), acc=np.float64(0.25), n=np.int64(3),
                    bad=float("nan"), big=torch.tensor(float("inf")), vec=torch.tensor([1.0, 2.0]))
         logger.log(epoch=2, step=20, loss=0.4)
     lines = path.read_text().splitlines()
-    assert len(lines) == 2
-    first = json.loads(lines[0])
+    assert len(lines) == 3 and json.loads(lines[0])["format"] == "coophash-metrics"  # header, then records
+    first = json.loads(lines[1])
+    assert len(first.pop("sha256")) == 64
     assert first == {"epoch": 1, "step": 10, "loss": 0.5, "acc": 0.25, "n": 3, "bad": None, "big": None,
                      "vec": [1.0, 2.0]}
     assert isinstance(first["n"], int)
-    assert "NaN" not in lines[0] and "Infinity" not in lines[0]
+    assert "NaN" not in lines[1] and "Infinity" not in lines[1]
+    assert [r["step"] for r in runs.read_metrics(path)] == [10, 20]
 
-    with open(path, "a") as f:
-        f.write('{"epoch": 3, "step": 30, "lo')  # killed mid-line
-    records = runs.read_metrics(path)
-    assert [r["step"] for r in records] == [10, 20]
-
-    with runs.MetricsLogger(path) as logger:  # reopening repairs the file before appending
+    with runs.MetricsLogger(path) as logger:  # reopening an intact file appends
         logger.log(epoch=3, step=30, loss=0.3)
     assert [r["step"] for r in runs.read_metrics(path)] == [10, 20, 30]
 
-    path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    good = path.read_bytes()
+    path.write_bytes(good + b'{"epoch": 4, "step": 40, "lo')  # killed mid-line: reported, not dropped
+    with pytest.raises(ValueError, match=r"metrics\.jsonl, line 5: the last line is incomplete"):
+        runs.read_metrics(path)
+    with pytest.raises(ValueError, match=r"metrics\.jsonl, line 5"):
+        runs.MetricsLogger(path)
+    path.write_bytes(good.replace(b'"loss": 0.4', b'"loss": 0.5'))  # a changed value
+    with pytest.raises(ValueError, match=r"metrics\.jsonl, line 3: checksum mismatch"):
+        runs.read_metrics(path)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl: empty metrics file"):
+        runs.read_metrics(path)
+
+    path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')  # written before checksums: read as it is
     with pytest.raises(ValueError, match=r"metrics\.jsonl, line 2"):
         runs.read_metrics(path)
+    path.write_text('{"step": 1}\n{"step": 2}\n')
+    assert runs.read_metrics(path) == [{"step": 1}, {"step": 2}]
+    with runs.MetricsLogger(path) as logger:  # appending seals the old records first
+        logger.log(step=3)
+    assert runs.read_metrics(path) == [{"step": 1}, {"step": 2}, {"step": 3}]
+    assert path.read_text().startswith('{"format": "coophash-metrics"')
+    with pytest.raises(ValueError, match="sha256"):
+        runs.MetricsLogger(tmp_path / "m2.jsonl").log(sha256="x")
     with pytest.raises(FileNotFoundError, match="missing"):
         runs.read_metrics(tmp_path / "missing.jsonl")
 
@@ -522,16 +540,20 @@ def test_truncate_metrics(tmp_path):
         for step in (10, 20, 30, 40):
             logger.log(epoch=step // 10, step=step)
         logger.log(final=True)
-    with open(path, "a") as f:
-        f.write('{"step": 5')
     assert runs.truncate_metrics(path, after=20) == 3
     assert runs.read_metrics(path) == [{"epoch": 1, "step": 10}, {"epoch": 2, "step": 20}]
     assert path.read_text().endswith("}\n")
+    before = path.read_bytes()
     assert runs.truncate_metrics(path, after=100) == 0
+    assert path.read_bytes() == before  # nothing dropped: the file is left byte for byte
     assert runs.truncate_metrics(path, 1, key="epoch") == 1
     assert runs.read_metrics(path) == [{"epoch": 1, "step": 10}]
     assert runs.truncate_metrics(tmp_path / "none.jsonl", 3) == 0
     assert not (tmp_path / "none.jsonl").exists()
+    with open(path, "a") as f:
+        f.write('{"step": 5')
+    with pytest.raises(ValueError, match=r"line 3: the last line is incomplete"):  # damage is never cut away
+        runs.truncate_metrics(path, after=0)
 
 
 def test_find_run(tmp_path, monkeypatch):

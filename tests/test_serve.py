@@ -110,6 +110,12 @@ def test_healthz_stats_and_openapi_docs(served, data):
                                                                                 "multipart/form-data"}
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # offline: the docs page names no other host; its script and style come from this service
+    assert "http://" not in docs.text and "https://" not in docs.text
+    js = client.get("/docs-assets/swagger-ui-bundle.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript") and len(js.content) > 1e5
+    assert client.get("/docs-assets/swagger-ui.css").status_code == 200
+    assert client.get("/docs-assets/..%2F..%2F__init__.py").status_code == 404
 
 
 def test_search_by_image_upload_equals_the_library(served, data, tiny_run, tmp_path):

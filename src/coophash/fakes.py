@@ -7,7 +7,9 @@ A fakes file is a safetensors file (no pickle) holding
 
 and string metadata: ``format`` = ``coophash-fakes``, ``format_version``, ``channels``, ``height``,
 ``width``, ``count``, ``dtype``, ``conditional``, ``source`` (the GAN run that made them) and anything
-the writer adds (e.g. ``train_split_sha1``, a hash of the training indices the GAN saw).
+the writer adds (e.g. ``train_split_sha1``, a hash of the training indices the GAN saw), and (version 2
+on) ``sha256``, a checksum of the whole file verified whenever it is read (:mod:`coophash.utils.integrity`);
+version-1 files, without one, are read as they are.
 """
 from __future__ import annotations
 
@@ -19,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 from torch import Tensor
 
+from coophash.utils.integrity import IntegrityError, read_safetensors, seal_safetensors
 from coophash.utils.io import atomic_write_bytes
 
 __all__ = [
@@ -40,7 +44,8 @@ __all__ = [
 ]
 
 FAKES_FORMAT = "coophash-fakes"
-FAKES_VERSION = 1
+FAKES_VERSION = 2
+_SEALED_VERSION = 2  # first version with a checksum: from here on a file without one is damaged
 PathLike = str | Path
 
 
@@ -124,24 +129,39 @@ def save_fakes(
     }
     for k, v in (extra_meta or {}).items():
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
-    return atomic_write_bytes(path, _st_save(tensors, metadata=meta))
+    return atomic_write_bytes(path, _seal(tensors, meta))
+
+
+def _seal(tensors: dict[str, Tensor], meta: dict[str, str]) -> bytes:
+    """The bytes of a fakes file with its checksum."""
+    return seal_safetensors(_st_save, tensors, meta)
+
+
+def _read_verified(p: Path) -> tuple[dict[str, str], bytes]:
+    """(metadata, bytes) of a fakes file whose checksum (version 2 on) and format marker are checked."""
+    if not p.is_file():
+        raise FakesError(f"{p}: fakes file not found")
+    try:
+        data = p.read_bytes()
+        meta, sealed = read_safetensors(data)
+    except (IntegrityError, OSError) as exc:
+        raise FakesError(f"{p}: unreadable fakes file: {exc}") from None
+    if meta.get("format") != FAKES_FORMAT:
+        raise FakesError(f"{p}: not a coophash fakes file (format marker {meta.get('format')!r})")
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise FakesError(f"{p}: bad fakes format version {meta.get('format_version')!r:.40}") from None
+    if version > FAKES_VERSION:
+        raise FakesError(f"{p}: fakes format version {version} is newer than this coophash reads")
+    if version >= _SEALED_VERSION and not sealed:
+        raise FakesError(f"{p}: unreadable fakes file: its checksum is missing (damaged)")
+    return meta, data
 
 
 def read_fakes_meta(path: PathLike) -> dict[str, str]:
-    """The metadata of a fakes file (checks the format marker)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FakesError(f"fakes file not found: {p}")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FakesError(f"{p}: not a readable safetensors fakes file: {exc}") from exc
-    if meta.get("format") != FAKES_FORMAT:
-        raise FakesError(f"{p}: not a coophash fakes file (format marker {meta.get('format')!r})")
-    if int(meta.get("format_version", "0")) > FAKES_VERSION:
-        raise FakesError(f"{p}: fakes format version {meta.get('format_version')} is newer than this coophash reads")
-    return meta
+    """The metadata of a fakes file (reads the whole file to verify its checksum and format marker)."""
+    return _read_verified(Path(path))[0]
 
 
 def load_fakes(
@@ -152,16 +172,16 @@ def load_fakes(
 ) -> Fakes:
     """Read a fakes file; with ``channels``/``image_size`` given, a mismatch raises :class:`FakesError`."""
     p = Path(path)
-    meta = read_fakes_meta(p)
+    meta, data = _read_verified(p)
     try:
-        with safe_open(str(p), framework="pt") as f:
-            keys = set(f.keys())
-            if "images" not in keys:
-                raise FakesError(f"{p}: fakes file holds no 'images' tensor (keys: {sorted(keys)})")
-            images = f.get_tensor("images")
-            labels = f.get_tensor("labels") if "labels" in keys else None
-    except (SafetensorError, OSError) as exc:
-        raise FakesError(f"{p}: cannot read fakes: {exc}") from exc
+        tensors = _st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise FakesError(f"{p}: unreadable fakes file (corrupted tensors): {exc}") from None
+    del data
+    if "images" not in tensors:
+        raise FakesError(f"{p}: fakes file holds no 'images' tensor (keys: {sorted(tensors)})")
+    images = tensors["images"]
+    labels = tensors.get("labels")
     if images.dim() != 4 or images.dtype not in (torch.uint8, torch.float16, torch.float32):
         raise FakesError(f"{p}: 'images' must be (M, C, H, W) uint8/float16, got {tuple(images.shape)} {images.dtype}")
     found = tuple(int(v) for v in images.shape[1:])

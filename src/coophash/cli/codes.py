@@ -65,10 +65,16 @@ def _labels_path(index_path: Path) -> Path:
 
 @click.command()
 @click.argument("codes", type=click.Path(dir_okay=False))
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Index file to write.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Index file to write.")
 @click.option("--backend", default="auto", type=click.Choice(["auto", "numba", "numpy", "faiss"]))
-def index(codes: str, out: str, backend: str) -> None:
-    """Build a Hamming index from a code file (labels, if present, go to a sidecar file)."""
+@click.option("--milvus", "milvus_uri", help="Add the codes to a Milvus server instead (URI, e.g. http://host:19530).")
+@click.option("--collection", help="Milvus collection (created when missing).")
+@click.option("--index-type", type=click.Choice(["BIN_FLAT", "BIN_IVF_FLAT"]), default=None,
+              help="Index of a new Milvus collection (default BIN_FLAT, exact).")
+@click.option("--nlist", type=int, default=1024, help="IVF lists of a new BIN_IVF_FLAT collection.")
+def index(codes: str, out: Optional[str], backend: str, milvus_uri: Optional[str], collection: Optional[str],
+          index_type: Optional[str], nlist: int) -> None:
+    """Build a Hamming index from a code file (labels, if present, go to a sidecar file or Milvus field)."""
     from coophash.codefile import CodeFileError, load_codes, save_codes
     from coophash.index import HammingIndex
 
@@ -76,6 +82,11 @@ def index(codes: str, out: str, backend: str) -> None:
         cf = load_codes(codes)
     except CodeFileError as exc:
         fail(str(exc))
+    if milvus_uri:
+        _index_milvus(cf, milvus_uri, collection, index_type, nlist)
+        return
+    if not out:
+        fail("give --out FILE (or --milvus URI --collection NAME)")
     idx = HammingIndex(cf.nbits, backend=backend)
     idx.add(cf.codes, ids=cf.ids)
     idx.save(out)
@@ -85,7 +96,10 @@ def index(codes: str, out: str, backend: str) -> None:
 
 
 @click.command()
-@click.argument("index_file", type=click.Path(dir_okay=False))
+@click.argument("index_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--milvus", "milvus_uri", help="Search a Milvus server instead of INDEX_FILE (URI).")
+@click.option("--collection", help="Milvus collection (with --milvus).")
+@click.option("--nprobe", type=int, default=16, help="IVF lists probed per query (BIN_IVF_FLAT collections).")
 @click.option("--codes", "codes", type=click.Path(dir_okay=False), help="Query code file.")
 @click.option("--images", "images", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Query images.")
 @click.option("--run", "run", help="Run whose network encodes --images.")
@@ -95,30 +109,32 @@ def index(codes: str, out: str, backend: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--root", default="runs")
 @click.option("--device", default="cpu")
-def search(index_file: str, codes: Optional[str], images: tuple[str, ...], run: Optional[str], k: int,
-           radius: Optional[int], limit: int, as_json: bool, root: str, device: str) -> None:
-    """Search an index with query codes or images; prints top-k ids, distances and labels where known."""
-    from coophash.index import HammingIndex, IndexFileError
-
-    try:
-        idx = HammingIndex.load(index_file)
-    except (IndexFileError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+def search(index_file: Optional[str], milvus_uri: Optional[str], collection: Optional[str], nprobe: int,
+           codes: Optional[str], images: tuple[str, ...], run: Optional[str], k: int, radius: Optional[int],
+           limit: int, as_json: bool, root: str, device: str) -> None:
+    """Search an index (a file or a Milvus collection) with query codes or images; prints top-k ids,
+    distances and labels where known."""
+    idx, where = _open_index(index_file, milvus_uri, collection, nprobe)
     if codes:
         q, q_labels, names, q_scores = _query_codes(codes, idx.nbits)
     elif images:
         if not run:
             fail("--images needs --run to encode them")
-        q, q_labels, names, q_scores = _query_images(images, run, idx.nbits, index_file, root, device)
+        q, q_labels, names, q_scores = _query_images(images, run, idx.nbits, where, root, device)
     else:
         fail("give --codes or --images")
-    if radius is not None:
-        lims, D, I = idx.range_search(q, radius)
-        rows = [(D[lims[i]:lims[i + 1]], I[lims[i]:lims[i + 1]]) for i in range(len(q))]
-    else:
-        D, I = idx.search(q, k)
-        rows = [(D[i], I[i]) for i in range(len(q))]
-    results = _results(rows[:limit], names, q_labels, q_scores, _index_labels(Path(index_file)))
+    try:
+        if radius is not None:
+            lims, D, I = idx.range_search(q, radius)
+            rows = [(D[lims[i]:lims[i + 1]], I[lims[i]:lims[i + 1]]) for i in range(len(q))]
+        else:
+            D, I = idx.search(q, k)
+            rows = [(D[i], I[i]) for i in range(len(q))]
+        rows = rows[:limit]
+        db_labels = _milvus_labels(idx, rows) if milvus_uri else _index_labels(Path(index_file))
+    except RuntimeError as exc:  # MilvusIndexError: the server went away or refused the request
+        fail(str(exc))
+    results = _results(rows, names, q_labels, q_scores, db_labels)
     if as_json:
         click.echo(json.dumps(results, indent=1))
     else:
@@ -136,7 +152,7 @@ def _query_codes(codes: str, nbits: int) -> tuple[Any, Any, list[str], None]:
     return cf.codes, cf.labels, [str(i) for i in cf.ids], None
 
 
-def _query_images(images: tuple[str, ...], run: str, nbits: int, index_file: str, root: str,
+def _query_images(images: tuple[str, ...], run: str, nbits: int, where: str, root: str,
                   device: str) -> tuple[Any, None, list[str], Any]:
     """(packed codes, no labels, names, OOD scores or None) of query images encoded by a run's network.
 
@@ -148,7 +164,7 @@ def _query_images(images: tuple[str, ...], run: str, nbits: int, index_file: str
 
     cfg, method = load_method(run, "best", device, root)
     if cfg.bits != nbits:
-        fail(f"run {run} makes {cfg.bits}-bit codes but {index_file} holds {nbits}-bit codes")
+        fail(f"run {run} makes {cfg.bits}-bit codes but {where} holds {nbits}-bit codes")
     x = read_images(images, method.info.image_size, method.info.channels)
     q = encode_images(method.encode, x, method.device, batch_size=max(1, len(x)))
     with torch.no_grad():
@@ -156,15 +172,69 @@ def _query_images(images: tuple[str, ...], run: str, nbits: int, index_file: str
     return q, None, list(images), None if ood is None else ood.float().cpu().numpy()
 
 
-def _index_labels(index_path: Path) -> Optional[dict[int, Any]]:
-    """id → label vector of an index's codes, from its sidecar file (None without one)."""
+def _index_labels(index_path: Path) -> Optional[dict[int, list[int]]]:
+    """id → class indices of an index's codes, from its sidecar file (None without one)."""
+    import numpy as np
+
     from coophash.codefile import load_codes
 
     lp = _labels_path(index_path)
     if not lp.exists():
         return None
     lf = load_codes(lp)
-    return dict(zip(lf.ids.tolist(), lf.labels))
+    return {i: np.flatnonzero(lab).tolist() for i, lab in zip(lf.ids.tolist(), lf.labels)}
+
+
+def _open_index(index_file: Optional[str], milvus_uri: Optional[str], collection: Optional[str],
+                nprobe: int) -> tuple[Any, str]:
+    """(index, description for messages): a HammingIndex file or a Milvus collection."""
+    if milvus_uri:
+        from coophash.index.milvus import MilvusIndex, MilvusIndexError
+
+        if not collection:
+            fail("--milvus needs --collection NAME")
+        try:
+            return MilvusIndex(milvus_uri, collection, nprobe=nprobe), f"collection {collection!r} at {milvus_uri}"
+        except (MilvusIndexError, ImportError) as exc:
+            fail(str(exc))
+    from coophash.index import HammingIndex, IndexFileError
+
+    if not index_file:
+        fail("give INDEX_FILE or --milvus URI --collection NAME")
+    try:
+        return HammingIndex.load(index_file), index_file
+    except (IndexFileError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+
+
+def _index_milvus(cf: Any, uri: str, collection: Optional[str], index_type: Optional[str], nlist: int) -> None:
+    """Add a code file's codes, ids and labels to a Milvus collection, then flush it (index built)."""
+    from coophash.index.milvus import MilvusIndex, MilvusIndexError
+
+    if not collection:
+        fail("--milvus needs --collection NAME")
+    try:
+        with MilvusIndex(uri, collection, cf.nbits, index_type=index_type, nlist=nlist) as idx:
+            idx.add(cf.codes, ids=cf.ids, labels=cf.labels)
+            idx.flush()
+            total = idx.ntotal
+    except (MilvusIndexError, ImportError, ValueError) as exc:
+        fail(str(exc))
+    click.echo(f"indexed {len(cf.codes)} codes of {cf.nbits} bits into collection {collection!r} at {uri} "
+               f"({total} in all)")
+
+
+def _milvus_labels(idx: Any, rows: list) -> Optional[dict[int, list[int]]]:
+    """id → class indices of the hits in ``rows``, read from the collection's labels field."""
+    import numpy as np
+
+    if not idx.has_labels:
+        return None
+    ids = np.unique(np.concatenate([i for _, i in rows] + [np.zeros(0, dtype=np.int64)]))
+    ids = ids[ids >= 0]
+    if not ids.size:
+        return {}
+    return {int(i): lab.tolist() for i, lab in zip(ids, idx.get_labels(ids))}
 
 
 def _results(rows: list, names: list[str], q_labels: Any, q_scores: Any,
@@ -180,7 +250,7 @@ def _results(rows: list, names: list[str], q_labels: Any, q_scores: Any,
                 continue
             hit = {"id": int(j), "distance": int(dist)}
             if db_labels is not None and j in db_labels:
-                hit["labels"] = np.flatnonzero(db_labels[j]).tolist()
+                hit["labels"] = db_labels[j]
             hits.append(hit)
         entry: dict[str, Any] = {"query": names[qi], "hits": hits}
         if q_labels is not None:

@@ -11,7 +11,7 @@ from coophash.cli.common import (
     format_metrics,
     method_args_from,
     method_options,
-    read_run_config,
+    parse_sets,
     training_progress,
 )
 
@@ -29,14 +29,16 @@ __all__ = ["train"]
 @click.option("--protocol", help="Protocol name (standard, unseen, cifar10, cifar10-1, cifar10-2).")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="Use an existing manifest file.")
 @click.option("--label-fraction", type=float, help="Fraction of train items that keep their labels.")
-@click.option("--epochs", type=int)
+@click.option("--epochs", type=int, help="Epochs to train (with --resume: more than before trains longer).")
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--seed", type=int)
 @click.option("--device", help="torch device, e.g. cpu or cuda (cuda:N for another GPU).")
 @click.option("--threads", type=int, help="torch threads.")
 @click.option("--out", help="Folder holding numbered run folders (default runs).")
-@click.option("--resume", "resume", help="Continue a killed run (number, name or folder).")
+@click.option("--resume", "resume",
+              help="Continue a killed run (number, name or folder) with its own config: other options given "
+                   "must match it (only --epochs may change, to train longer).")
 @click.option("--set", "sets", multiple=True, help="Override any config field: KEY=VALUE or FIELD.KEY=VALUE.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(config: Optional[str], method: Optional[str], loss: Optional[str], backbone: Optional[str],
@@ -48,39 +50,62 @@ def train(config: Optional[str], method: Optional[str], loss: Optional[str], bac
 
     Method hyperparameters have their own options (below) or go through --set method_args.NAME=VALUE.
     """
-    import coophash.pipeline as pipeline
     from coophash.train import runs
 
+    flags = dict(method=method, loss=loss, backbone=backbone, bits=bits, dataset=dataset, protocol=protocol,
+                 manifest=manifest, label_fraction=label_fraction, epochs=epochs, batch_size=batch_size,
+                 lr=lr, seed=seed, device=device, threads=threads, out=out)
     if resume:
+        if config:
+            fail("--config cannot be used with --resume: a run resumes with its own config.yaml")
         run_dir = _resume_dir(resume, out)
-        cfg = read_run_config(run_dir)
-        if epochs is not None:
-            try:
-                cfg = cfg.replace(epochs=epochs)
-            except ValueError as exc:
-                fail(str(exc))
-    else:
-        flags = dict(method=method, loss=loss, backbone=backbone, bits=bits, dataset=dataset, protocol=protocol,
-                     manifest=manifest, label_fraction=label_fraction, epochs=epochs, batch_size=batch_size,
-                     lr=lr, seed=seed, device=device, threads=threads, out=out)
-        cfg = build_config(config, flags, sets, method_args_from(method_opts))
-        run_dir = runs.new_run_dir(cfg)
+        cfg = resumed_config(run_dir, flags, sets, method_args_from(method_opts))
+        _train(cfg, run_dir, True, quiet)
+        return
+    cfg = build_config(config, flags, sets, method_args_from(method_opts))
+    with runs.fresh_run_dir(cfg) as run_dir:  # removed again if the run fails before writing into it
+        _train(cfg, run_dir, False, quiet)
+
+
+def _train(cfg: Any, run_dir: Any, resume: bool, quiet: bool) -> None:
+    """Train ``cfg`` into ``run_dir`` through the pipeline and print the query results."""
+    import coophash.pipeline as pipeline
+    from coophash.train.runs import RunFolderBusy
+
     click.echo(f"run folder: {run_dir}")
     progress = training_progress(cfg, quiet)
     try:
-        res = pipeline.train(cfg, run_dir, resume=bool(resume), progress=progress).results
-    except (ValueError, FileNotFoundError) as exc:
+        res = pipeline.train(cfg, run_dir, resume=resume, progress=progress).results
+    except (ValueError, FileNotFoundError, RunFolderBusy) as exc:
         fail(str(exc))
     finally:
         progress.close()
     click.echo(format_metrics(res))
 
 
-def _resume_dir(resume: str, out: Optional[str]) -> Any:
-    """The folder of the run to continue (number, name or folder; numbers and names under ``--out``)."""
+def resumed_config(run_dir: Any, flags: dict[str, Any], sets: tuple[str, ...],
+                   method_args: dict[str, Any]) -> Any:
+    """The config a run resumes with: its own ``config.yaml``, read strictly, with ``--epochs`` applied.
+
+    Any other option given (flag, ``--set`` or method option) must leave the config as it is; those that
+    would change it are refused, each named with the run's value.
+    """
+    from coophash.config import TrainConfig
     from coophash.train import runs
 
     try:
-        return runs.resolve_run(resume, out or "runs")[0]
-    except (FileNotFoundError, ValueError) as exc:
+        cfg = runs.read_run_config(run_dir)
+        data = cfg.to_dict()
+        data.update({k: v for k, v in flags.items() if v is not None and k not in ("epochs", "out")})
+        for key, value in parse_sets(sets).items():
+            data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+        data["method_args"] = {**data["method_args"], **method_args}
+        wanted = TrainConfig.from_dict(data, "command line")
+        changed = [k for k in runs.config_differences(cfg, wanted, ("epochs", "out"))]
+        if changed:
+            shown = ", ".join(f"{k}={getattr(wanted, k)!r:.40} (the run has {getattr(cfg, k)!r:.40})" for k in changed)
+            fail(f"--resume {run_dir}: a run resumes with its own config; these options would change it: {shown}. "
+                 "Only --epochs may change (to train longer); start a new run for other settings")
+        return cfg.replace(epochs=flags["epochs"]) if flags["epochs"] is not None else cfg
+    except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

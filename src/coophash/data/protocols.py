@@ -32,6 +32,11 @@ f = 1 makes ``labeled`` = ``train``.
 Randomness: one PCG64 stream seeded with ``seed``; permutations sort its raw 64-bit outputs, which
 numpy keeps stable across versions. Same dataset, protocol, seed and parameters ⇒ byte-identical
 manifest file.
+
+A manifest file carries a ``sha256`` field, a checksum of the whole file (:mod:`coophash.utils.integrity`),
+checked by :meth:`Manifest.from_json` after every field has been validated: a file cut short, with a
+changed byte or of random bytes is refused with a :class:`DataError` naming it.  Files without the field
+(written before checksums) are read as they are.
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ from torch.utils.data import Subset
 
 from coophash.data.dataset import HashDataset
 from coophash.data.errors import DataError
+from coophash.utils.integrity import CHECKSUM_KEY, PLACEHOLDER, IntegrityError, seal, verify
 from coophash.utils.io import atomic_write_text
 
 __all__ = ["Manifest", "make_protocol", "PROTOCOLS", "SPLITS"]
@@ -66,6 +72,7 @@ PROTOCOLS: Tuple[str, ...] = tuple(_TRAIN_IN_DATABASE)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS = ("version", "dataset", "fingerprint", "n_items", "protocol", "seed", "params",
            *SPLITS, "seen_classes", "unseen_classes")
+_CHECKSUM_FIELD = b'"' + CHECKSUM_KEY.encode() + b'":"'  # how the checksum appears in a manifest file
 
 
 def _index_array(values: Any, name: str) -> np.ndarray:
@@ -207,8 +214,11 @@ class Manifest:
         return out
 
     def to_json(self) -> str:
-        """Deterministic JSON: sorted keys, compact separators, ASCII, newline at the end."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False) + "\n"
+        """Deterministic JSON: sorted keys, compact separators, ASCII, newline at the end, and a ``sha256``
+        field sealing the whole text."""
+        doc = {**self.to_dict(), CHECKSUM_KEY: PLACEHOLDER.decode()}
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False) + "\n"
+        return seal(text.encode("ascii"), _CHECKSUM_FIELD).decode("ascii")
 
     def save(self, path: Union[str, Path]) -> Path:
         """Write the manifest to ``path`` atomically; returns the path."""
@@ -223,6 +233,7 @@ class Manifest:
             raise DataError(f"{source}: not valid JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise DataError(f"{source}: a manifest must be a JSON object")
+        checksum = data.pop(CHECKSUM_KEY, None)
         unknown = sorted(set(data) - set(_FIELDS))
         if unknown:
             raise DataError(f"{source}: unknown field {unknown[0]!r}")
@@ -255,11 +266,17 @@ class Manifest:
                     _index_array(data[name], name)
                 except ValueError as exc:
                     raise DataError(f"{source}: field {name!r}: {exc}") from exc
-            return cls(**{name: data[name] for name in _FIELDS})
+            manifest = cls(**{name: data[name] for name in _FIELDS})
         except ValueError as exc:
             if isinstance(exc, DataError):
                 raise
             raise DataError(f"{source}: inconsistent manifest ({exc})") from exc
+        if checksum is not None:
+            try:
+                verify(text.encode("utf-8"), _CHECKSUM_FIELD, checksum)
+            except IntegrityError as exc:
+                raise DataError(f"{source}: {exc}") from None
+        return manifest
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Manifest":
@@ -269,8 +286,12 @@ class Manifest:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise DataError(f"{path}: manifest file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not a manifest (not UTF-8 text at byte {exc.start}; damaged?)") from None
+        except OSError as exc:
             raise DataError(f"{path}: cannot read manifest ({exc})") from exc
+        if not text.strip():
+            raise DataError(f"{path}: empty manifest file (damaged)")
         return cls.from_json(text, str(path))
 
     def __repr__(self) -> str:

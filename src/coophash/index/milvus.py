@@ -70,8 +70,9 @@ class MilvusIndexError(RuntimeError):
 def import_pymilvus() -> Any:
     """Import pymilvus or raise an ImportError that says how to get it."""
     try:
-        with warnings.catch_warnings():  # pymilvus 2.3 imports setuptools' deprecated pkg_resources
+        with warnings.catch_warnings():  # pymilvus 2.3 imports pkg_resources and environs, both deprecated
             warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
             import pymilvus  # noqa: PLC0415 - lazy on purpose
     except ImportError as exc:
         raise ImportError("MilvusIndex needs pymilvus: pip install 'coophash[milvus]'") from exc
@@ -145,7 +146,8 @@ class MilvusIndex:
         if index_type is not None and index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
         if consistency_level not in CONSISTENCY_LEVELS:
-            raise ValueError(f"consistency_level must be one of {', '.join(CONSISTENCY_LEVELS)}, got {consistency_level!r}")
+            raise ValueError(f"consistency_level must be one of {', '.join(CONSISTENCY_LEVELS)}, "
+                             f"got {consistency_level!r}")
         if min(int(nlist), int(nprobe), int(max_labels), int(shards_num), int(replicas)) < 1:
             raise ValueError("nlist, nprobe, max_labels, shards_num and replicas must be positive")
         self._pm = import_pymilvus()
@@ -568,7 +570,9 @@ def embedded_server(data_dir: str, settings: Optional[dict[str, Any]] = None) ->
     try:
         import milvus  # noqa: PLC0415 - lazy on purpose
     except ImportError as exc:
-        raise ImportError("embedded_server needs the embedded Milvus: pip install 'coophash[milvus-test]'") from exc
+        raise ImportError(
+            "embedded_server needs PyPI's embedded Milvus: pip install 'coophash[test]' (milvus==2.3.5)"
+        ) from exc
     pkg_data = os.path.join(os.path.dirname(milvus.__file__), "data")
     os.makedirs(data_dir, exist_ok=True)
     client, peer = _free_port(), _free_port()

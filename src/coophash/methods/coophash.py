@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Optional
 
 import torch
@@ -44,6 +45,7 @@ from coophash.losses.coophash import (
     elbo_terms,
     known_latent_terms,
 )
+from coophash.losses.distributed import global_batch_loss, rank_share
 from coophash.methods.base import DataInfo, Method, register_method
 from coophash.methods.langevin import LangevinConfig, LangevinStats, langevin_revise
 from coophash.methods.phases import Phase, TrainingDiverged
@@ -228,7 +230,7 @@ class CoopHash(Method):
         if self.ramp() <= 0.0:
             return None
         a: CoopHashArgs = self.args
-        n = min(a.coop_pairs, ctx["x"].shape[0])
+        n = min(max(1, rank_share(a.coop_pairs)), ctx["x"].shape[0])  # this rank's share of the pairs
         y = ctx["y"][:n]
         with torch.no_grad():
             pairs = self.gen.make_pairs(y, self.info.multi_label, second_positive=a.coop_second_positive)
@@ -281,12 +283,15 @@ class CoopHash(Method):
         out = self.desc(torch.cat(inputs), density_grad_scale=a.coop_density_grad_scale)
         generated = None
         if coop is not None:
-            self._guard_energy(out.f.detach()[:n_real], "real images")
-            self._guard_energy(out.f.detach()[n_real:], "revised samples")
             generated = GeneratedRows(start=n_real, n=coop["n"], labels=coop["y"])
             coop["features"] = out.features[n_real:].detach()
-        return descriptor_objective(out, ctx["y"], ctx["labeled"], self.loss, self.weights, self.info.multi_label,
-                                    generated=generated, ramp=r)
+        # the base loss sees the labeled rows of every rank (one process: just self.loss)
+        objective = descriptor_objective(out, ctx["y"], ctx["labeled"], partial(global_batch_loss, self.loss),
+                                         self.weights, self.info.multi_label, generated=generated, ramp=r)
+        if coop is not None:  # after the objective, whose all-gathers every rank must reach
+            self._guard_energy(out.f.detach()[:n_real], "real images")
+            self._guard_energy(out.f.detach()[n_real:], "revised samples")
+        return objective
 
     def _generator_step(self, ctx: dict[str, Any]) -> Optional[LossOutput]:
         """ELBO of the revised samples for the generator and the latent head (trunk features detached)."""

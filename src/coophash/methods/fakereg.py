@@ -31,6 +31,7 @@ from coophash.config import TrainConfig
 from coophash.fakes import Fakes, load_fakes
 from coophash.losses.base import LossOutput
 from coophash.losses.classification import class_loss
+from coophash.losses.distributed import global_batch_loss, rank_share
 from coophash.losses.entropy import (
     ENTROPY_MODES,
     MaxEntropyLoss,
@@ -112,13 +113,13 @@ class FakeRegHashing(SupervisedHashing):
         use_fakes = a.fake_weight > 0
         if use_fakes:
             fakes = self.fakes()
-            idx = torch.randint(0, len(fakes), (a.fake_batch_size,))
+            idx = torch.randint(0, len(fakes), (max(1, rank_share(a.fake_batch_size)),))  # this rank's share
             xf = fakes.batch(idx, self.device).to(x.dtype)
             out = self.net(torch.cat([x, xf], dim=0))
             real, fake = out.select(slice(0, n)), out.select(slice(n, None))
         else:
             real, fake = self.net(x), None
-        sup = self.loss(real, y, labeled)
+        sup = global_batch_loss(self.loss, real, y, labeled)
         terms: dict[str, Tensor] = dict(sup.terms)
         total = sup.total
         if self.classes:

@@ -8,6 +8,7 @@ from torch import nn
 
 from coophash.config import TrainConfig
 from coophash.losses import create_loss
+from coophash.losses.distributed import global_batch_loss
 from coophash.methods.base import DataInfo, Method, build_hashing_net, register_method
 from coophash.methods.phases import Phase
 
@@ -44,7 +45,7 @@ class SupervisedHashing(Method):
 
     def _hash_step(self, ctx: dict[str, Any]) -> Any:
         out = self.net(ctx["x"])
-        return self.loss(out, ctx["y"], ctx["labeled"])
+        return global_batch_loss(self.loss, out, ctx["y"], ctx["labeled"])  # the batch of every rank together
 
     def on_step(self, global_step: int) -> None:
         self.loss.on_step()

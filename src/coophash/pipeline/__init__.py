@@ -6,6 +6,9 @@ in :data:`RECIPES` (``fakereg`` without a fakes file: [gan → fakereg], :mod:`c
 :func:`run_stages` runs them in order (shared stages such as the GAN are reused once their outputs exist,
 and trained once under a folder lock); :func:`train` does both and returns the last stage's result.
 The judge of generated samples is an ordinary run too (:mod:`coophash.pipeline.judge`).
+
+Under ``torchrun`` every stage trains data-parallel on all processes (:mod:`coophash.train.distributed`);
+:func:`train` joins the process group, makes every rank use rank 0's run folder, and leaves the group at the end.
 """
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ from coophash.config import TrainConfig
 from coophash.data import HashDataset, Manifest
 from coophash.pipeline import gan as _gan  # noqa: F401  (registers the "fakereg" recipe)
 from coophash.pipeline.stages import RECIPES, Stage, StageResult, run_stages, stage_lock
+from coophash.train import distributed
 from coophash.train.progress import ProgressFn
 
-__all__ = ["RECIPES", "Stage", "StageResult", "plan", "run_stages", "stage_lock", "train"]
+__all__ = ["RECIPES", "Stage", "StageResult", "agree_on_run_dir", "plan", "run_stages", "stage_lock", "train"]
 
 
 def plan(cfg: TrainConfig, run_dir: str | Path) -> list[Stage]:
@@ -35,7 +39,22 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Optional[HashDatase
     """Train ``cfg`` into ``run_dir`` through every stage it needs; the final stage's result.
 
     ``dataset`` goes to every stage, ``manifest`` and ``resume`` to the final one; ``progress`` sees every
-    step of every stage (``Progress.stage`` names the stage).
+    step of every stage (``Progress.stage`` names the stage).  Under ``torchrun`` every rank calls it; rank 0's
+    ``run_dir`` is the run's folder (see :func:`agree_on_run_dir`).
     """
-    return run_stages(plan(cfg, run_dir), dataset=dataset, manifest=manifest, resume=resume,
-                      progress=progress)[-1]
+    with distributed.session(cfg.device) as ctx:
+        run_dir = agree_on_run_dir(Path(run_dir), ctx)
+        return run_stages(plan(cfg, run_dir), dataset=dataset, manifest=manifest, resume=resume,
+                          progress=progress)[-1]
+
+
+def agree_on_run_dir(run_dir: Path, ctx: distributed.DistContext) -> Path:
+    """Rank 0's ``run_dir`` on every rank (one process: ``run_dir``).
+
+    Each rank of ``torchrun -m coophash train`` numbers a new run folder of its own; rank 0's is the run's, and
+    another rank's, when it differs and is still empty, is removed.
+    """
+    main_dir = Path(distributed.broadcast_object(str(run_dir), ctx))
+    if main_dir != run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    return main_dir

@@ -4,6 +4,9 @@ A stage that makes a product other runs share (a GAN's fakes file, under ``<out>
 ``outputs``: it is skipped when they all exist, otherwise trained under an exclusive lock on its folder
 (so that processes sharing an output folder, e.g. benchmark shards, train it once), resumed from its last
 checkpoint when there is one, and finished by its ``after`` hook, which writes the outputs.
+
+Under ``torchrun`` a stage trains on every rank (data-parallel); rank 0 alone takes the folder lock, decides
+whether a shared stage is done, and runs the ``after`` hook, while the other ranks wait for its word.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from typing import Any, Optional
 
 from coophash.config import TrainConfig
 from coophash.data import HashDataset, Manifest
-from coophash.train import runs
+from coophash.train import distributed, runs
 from coophash.train.progress import ProgressFn
 from coophash.train.trainer import Trainer
 from coophash.utils.registry import Registry
@@ -117,18 +120,23 @@ def _fit(st: Stage, dataset: Optional[HashDataset], manifest: Optional[Manifest]
     trainer = Trainer(st.cfg, st.run_dir, dataset, manifest, progress=progress, stage=st.name)
     results = trainer.fit(resume=resume)
     if st.after is not None:
-        st.after(trainer)
+        after = st.after
+        distributed.on_main(trainer.dist, lambda: after(trainer))  # rank 0 writes; the others wait for it
     return StageResult(st, trainer, results)
 
 
 def _run_shared(st: Stage, dataset: Optional[HashDataset], manifest: Optional[Manifest],
                 progress: Optional[ProgressFn]) -> StageResult:
-    """Reuse a shared stage's outputs, or make them once under its folder lock (resuming its last checkpoint)."""
-    if st.done():
+    """Reuse a shared stage's outputs, or make them once under its folder lock (resuming its last checkpoint).
+
+    Several processes: rank 0 holds the lock and answers "done?" for every rank; all ranks train the stage.
+    """
+    ctx = distributed.setup(st.cfg.device)
+    if distributed.broadcast_object(st.done(), ctx):
         log.info("stage %s: reusing %s", st.name, st.run_dir)
         return StageResult(st, None, _read_results(st.run_dir), skipped=True)
-    with stage_lock(st.run_dir):
-        if st.done():
+    with stage_lock(st.run_dir) if ctx.is_main else contextlib.nullcontext():
+        if distributed.broadcast_object(st.done(), ctx):
             log.info("stage %s: reusing %s (made by another process)", st.name, st.run_dir)
             return StageResult(st, None, _read_results(st.run_dir), skipped=True)
         log.info("stage %s: training in %s (%d epochs)", st.name, st.run_dir, st.cfg.epochs)

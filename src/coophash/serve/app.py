@@ -9,6 +9,7 @@ import json
 import logging
 import secrets
 import time
+from pathlib import Path as FilePath
 from typing import Any, Optional
 
 from fastapi import FastAPI, Path, Query
@@ -164,7 +165,7 @@ def _item_routes(app: FastAPI, service: SearchService) -> None:
 
 def create_app(service: SearchService) -> FastAPI:
     """The application serving ``service`` (run it with uvicorn)."""
-    app = FastAPI(title="coophash search service", version="1",
+    app = FastAPI(title="coophash search service", version="1", docs_url=None,
                   description="Hamming-space image retrieval with a trained coophash run. Codes are packed "
                               "LSB-first, ceil(bits/8) bytes, sent as hex or base64.")
     stats = RequestStats(service.settings.latency_window)
@@ -197,4 +198,35 @@ def create_app(service: SearchService) -> FastAPI:
         return _json(payload, timing=timing)
 
     _item_routes(app, service)
+    _docs_routes(app)
     return app
+
+
+_DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
+
+
+def _docs_routes(app: FastAPI) -> None:
+    """OpenAPI docs at ``/docs``, with Swagger UI's script and style served from the installed
+    ``swagger-ui-bundle`` package (offline), or from FastAPI's default CDN when that package is missing."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    try:
+        import swagger_ui_bundle
+        assets: Optional[FilePath] = FilePath(swagger_ui_bundle.swagger_ui_path)
+    except ImportError:  # pragma: no cover - the serve extra installs it
+        assets = None
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        if assets is None:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="coophash API")
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="coophash API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="data:,")
+
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    def docs_asset(name: str) -> Response:
+        if assets is None or name not in _DOCS_ASSETS:  # fixed names only: no path from the request
+            raise ServeError(404, f"no documentation asset {name!r}")
+        return Response((assets / name).read_bytes(), media_type=_DOCS_ASSETS[name],
+                        headers={"Cache-Control": "max-age=86400"})

@@ -9,7 +9,8 @@ Layout of a checkpoint file (format version 1).  Tensors (all contiguous, none s
 * ``rng/torch``, ``rng/cuda/<i>``, ``rng/numpy/keys`` -- random generator states;
 * ``extra/<name>``                 -- caller's ``extra_tensors``.
 
-Metadata (str -> str): ``format`` = ``"coophash-checkpoint"``, ``format_version``, ``torch_version`` and
+Metadata (str -> str): ``format`` = ``"coophash-checkpoint"``, ``format_version``, ``torch_version``,
+``sha256`` (a checksum of the whole file, :mod:`coophash.utils.integrity`; version 2 on) and
 JSON documents ``modules`` (list of names), ``module_extra``, ``optimizers``, ``schedulers``, ``rng``,
 ``state``.  The JSON documents use a small tagged encoding so that state dicts round trip exactly:
 ``{"__tensor__": key}`` refers to a tensor of the file, ``{"__tuple__": [...]}`` is a tuple,
@@ -18,7 +19,9 @@ all strings (an optimiser's ``state`` is keyed by integer parameter ids).  Anyth
 arbitrary objects) is refused when saving with a :class:`CheckpointError` that names the offending field.
 
 Writes are atomic (:func:`coophash.utils.io.atomic_write_bytes`): a crash or an error while saving
-leaves the previous file intact.
+leaves the previous file intact.  Reading verifies the checksum first (a truncated file, a flipped byte
+or random bytes are refused with a :class:`CheckpointError` naming the file); files of version 1 have no
+checksum and are read as they are.
 """
 from __future__ import annotations
 
@@ -32,10 +35,12 @@ from typing import Any, Iterator, Mapping, Optional, Union
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 from torch import nn
 
+from coophash.utils.integrity import IntegrityError, read_safetensors, seal_safetensors
 from coophash.utils.io import atomic_write_bytes
 
 __all__ = [
@@ -55,7 +60,8 @@ PathLike = Union[str, Path]
 Scheduler = Any  # torch.optim.lr_scheduler.LRScheduler or ReduceLROnPlateau: anything with (load_)state_dict
 
 FORMAT = "coophash-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_SEALED_VERSION = 2  # first version with a checksum: from here on a file without one is damaged
 
 _TENSOR, _TUPLE, _FLOAT, _DICT = "__tensor__", "__tuple__", "__float__", "__dict__"
 _TAGS = frozenset({_TENSOR, _TUPLE, _FLOAT, _DICT})
@@ -275,7 +281,7 @@ def save_checkpoint(
                 raise CheckpointError(f"extra_tensors[{name!r}] is a {type(t).__name__}, not a tensor")
             tensors[f"extra/{name}"] = _detached_copy(t, f"extra_tensors[{name!r}]")
 
-        data = _safetensors_save(tensors, metadata=meta)
+        data = seal_safetensors(_safetensors_save, tensors, meta)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: cannot save checkpoint: {e}") from None
     atomic_write_bytes(path, data)
@@ -286,23 +292,21 @@ def save_checkpoint(
 
 
 class _Reader:
-    """An open, validated checkpoint: metadata documents plus lazy tensor access."""
+    """An open, verified checkpoint: metadata documents plus its tensors (read once, from one snapshot)."""
 
     def __init__(self, path: PathLike, device: str = "cpu") -> None:
-        """Open ``path`` and check that it is a coophash checkpoint of a supported version."""
+        """Read ``path``, verify its checksum and check that it is a coophash checkpoint of a supported version."""
         self.path = Path(path)
+        self.device = device
         if not self.path.exists():
             raise CheckpointError(f"{self.path}: checkpoint file does not exist")
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: is not a file")
         try:
-            self._handle = safe_open(str(self.path), framework="pt", device=device)
-        except Exception as e:  # SafetensorError, OSError: report them the same way
-            raise CheckpointError(
-                f"{self.path}: not a readable safetensors file (truncated or corrupted?): {e}"
-            ) from e
-        self.keys = set(self._handle.keys())
-        meta = self._handle.metadata() or {}
+            data = self.path.read_bytes()
+            meta, sealed = read_safetensors(data)
+        except (IntegrityError, OSError) as e:
+            raise CheckpointError(f"{self.path}: unreadable checkpoint: {e}") from None
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{self.path}: not a coophash checkpoint (metadata 'format' is "
                                   f"{meta.get('format')!r}, expected {FORMAT!r})")
@@ -313,6 +317,13 @@ class _Reader:
         if version > FORMAT_VERSION:
             raise CheckpointError(f"{self.path}: format version {version} is newer than this coophash "
                                   f"supports ({FORMAT_VERSION}); upgrade coophash")
+        if version >= _SEALED_VERSION and not sealed:
+            raise CheckpointError(f"{self.path}: unreadable checkpoint: its checksum is missing (damaged)")
+        try:
+            self._tensors = _safetensors_load(data)
+        except (SafetensorError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{self.path}: unreadable checkpoint (corrupted tensors): {e}") from None
+        self.keys = set(self._tensors)
         self.meta = meta
 
     def doc(self, key: str, default: Any = None) -> Any:
@@ -325,11 +336,10 @@ class _Reader:
             raise CheckpointError(f"{self.path}: metadata field {key!r} is not valid JSON: {e}") from None
 
     def tensor(self, key: str) -> torch.Tensor:
-        """Read one tensor."""
-        try:
-            return self._handle.get_tensor(key)
-        except Exception as e:
-            raise CheckpointError(f"{self.path}: cannot read tensor {key!r}: {e}") from e
+        """One tensor, on the reader's device."""
+        if key not in self._tensors:
+            raise CheckpointError(f"{self.path}: the checkpoint holds no tensor {key!r}")
+        return self._tensors[key].to(self.device)
 
     def tensors(self, keys: Any) -> dict[str, torch.Tensor]:
         """Read several tensors into a dict."""

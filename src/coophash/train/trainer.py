@@ -4,6 +4,9 @@ Run folder layout (see :mod:`coophash.train.runs`): ``config.yaml`` (resolved), 
 ``metrics.jsonl`` (one JSON record per epoch, plus ``final``), ``last.safetensors`` (written every
 ``checkpoint_every`` steps and at each epoch end), ``best.safetensors`` (best validation mAP@all),
 ``results.json`` (the best checkpoint evaluated on the query split).
+
+Under ``torchrun`` (several processes) each rank trains on its block of every batch, gradients are averaged
+over ranks phase by phase, and rank 0 alone writes the folder and evaluates (:mod:`coophash.train.distributed`).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from coophash.config import TrainConfig
 from coophash.data import HashDataset, Manifest, load_dataset, make_protocol
 from coophash.methods.base import DataInfo, Method, create_method
 from coophash.metrics import evaluate
-from coophash.train import runs
+from coophash.train import distributed, runs
 from coophash.train.augment import augment_batch
 from coophash.train.checkpoint import load_checkpoint, save_checkpoint
 from coophash.train.encoding import encode_indices
@@ -107,7 +110,10 @@ class Trainer:
             dataset, manifest = prepare_data(cfg, dataset, manifest)
         self.ds = dataset
         self.manifest = manifest
-        self.device = torch.device(cfg.device)
+        self.dist = distributed.setup(cfg.device)  # one process: no process group, device as configured
+        self.device = self.dist.device
+        if cfg.batch_size < self.dist.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {self.dist.world_size} processes")
         self.stage = stage
         self._progress = progress
         if cfg.threads:
@@ -121,6 +127,8 @@ class Trainer:
             cfg.batch_size,
             cfg.unlabeled_batch_size if self.method.uses_unlabeled else 0,
             seed=cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         self.labeled_mask = torch.zeros(len(dataset), dtype=torch.bool)
         self.labeled_mask[torch.from_numpy(np.array(manifest.labeled, dtype=np.int64))] = True
@@ -135,12 +143,16 @@ class Trainer:
         return self.run_dir / runs.BEST
 
     def _init_folder(self) -> None:
+        if not self.dist.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         runs.write_config(self.run_dir, self.cfg.to_dict())
         self.manifest.save(self.run_dir / runs.MANIFEST)
 
     # -- checkpoints --------------------------------------------------------------------------
     def _save(self, path: Path, state: dict[str, Any]) -> None:
+        if not self.dist.is_main:  # rank 0 writes (atomically); every rank holds the same state
+            return
         save_checkpoint(
             path,
             modules=self.method.modules(),
@@ -192,6 +204,9 @@ class Trainer:
             for m in all_modules:
                 for p in m.parameters():
                     p.requires_grad_(id(p) in own)
+            if self.dist.enabled:
+                self._phase_across_ranks(phase, ctx, global_step, values)
+                continue
             with self._autocast():
                 out = phase.fn(ctx)
             if out is None:
@@ -215,7 +230,45 @@ class Trainer:
             for p in m.parameters():
                 p.requires_grad_(True)
         self.method.on_step(global_step)
+        distributed.broadcast_buffers(all_modules, self.dist)
         return values
+
+    def _phase_across_ranks(self, phase: Any, ctx: dict[str, Any], global_step: int, values: dict[str, float]) -> None:
+        """One phase on one of several ranks: gradients averaged over ranks; every rank steps, skips or stops alike."""
+        error: Optional[TrainingDiverged] = None
+        out = total = None
+        try:
+            with self._autocast():
+                out = phase.fn(ctx)
+        except TrainingDiverged as exc:  # raised below on every rank, after the phase's one all-reduce
+            error = exc
+        if phase.optimizer is not None:
+            phase.optimizer.zero_grad(set_to_none=True)
+            if out is not None and error is None:
+                total = out.total.float()
+                if torch.isfinite(total):
+                    total.backward()
+                else:
+                    error = TrainingDiverged(
+                        f"phase {phase.name!r}: loss is {total.item()} at step {global_step} on rank "
+                        f"{self.dist.rank}; the last good checkpoint {self.last_path} is intact"
+                    )
+        params = phase.params() if phase.optimizer is not None else []
+        flags = [float(error is not None), float(total is not None and error is None)]
+        n_failed, n_stepped = distributed.average_gradients(params, self.dist, flags)
+        if n_failed:
+            raise error or TrainingDiverged(
+                f"phase {phase.name!r}: training diverged on another rank at step {global_step}; "
+                f"the last good checkpoint {self.last_path} is intact"
+            )
+        if n_stepped and phase.optimizer is not None:
+            if phase.clip_grad:
+                torch.nn.utils.clip_grad_norm_(phase.params(), phase.clip_grad)
+            phase.optimizer.step()
+        if total is not None:
+            values[f"{phase.name}/total"] = float(total.detach())
+        for name, t in (out.terms.items() if out is not None else ()):
+            values[f"{phase.name}/{name}"] = float(t.detach().float()) if torch.is_tensor(t) else float(t)
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate_split(self, split: str = "validation", **metric_args: Any) -> dict[str, Any]:
@@ -237,7 +290,15 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, resume: bool = False, step_callback: Optional[Callable[[StepInfo], None]] = None) -> dict:
-        """Train for ``cfg.epochs`` epochs (continuing from ``last`` when ``resume``), return the results."""
+        """Train for ``cfg.epochs`` epochs (continuing from ``last`` when ``resume``), return the results.
+
+        The run folder has one writer: rank 0 holds its lock (:func:`runs.writer_lock`) while training.
+        """
+        with runs.writer_lock(self.run_dir) if self.dist.is_main else contextlib.nullcontext():
+            return self._fit(resume, step_callback)
+
+    def _fit(self, resume: bool, step_callback: Optional[Callable[[StepInfo], None]]) -> dict:
+        """The training loop of :meth:`fit`."""
         cfg = self.cfg
         metrics_path = self.run_dir / runs.METRICS
         state: dict[str, Any] = {
@@ -251,16 +312,7 @@ class Trainer:
             "epoch_seconds": 0.0,
             "data_info": dataclasses.asdict(self.info),
         }
-        if resume and self.last_path.exists():
-            state.update(self._load(self.last_path))
-            runs.truncate_metrics(metrics_path, state["global_step"])
-        else:
-            if resume:
-                log.info("no checkpoint in %s; starting from scratch", self.run_dir)
-            self._init_folder()
-            if metrics_path.exists():
-                metrics_path.unlink()
-        logger = runs.MetricsLogger(metrics_path)
+        logger = self._open_run(metrics_path, state, resume)
         spe = self.schedule.steps_per_epoch
         self.method.train(True)
         epoch = int(state["epoch"])
@@ -269,27 +321,28 @@ class Trainer:
             meter = RunningMeans(state["meter"], int(state["meter_count"]))
             t0 = time.perf_counter() - float(state["epoch_seconds"])
             for s in range(int(state["step_in_epoch"]), spe):
+                self._seed_step(int(state["global_step"]))
                 ctx = self._batch(lab[s], unl[s])
                 values = self._step(ctx, int(state["global_step"]))
                 meter.add(values)
                 state["global_step"] += 1
                 state["step_in_epoch"] = s + 1
-                if self._progress is not None:
+                if self._progress is not None and self.dist.is_main:
                     self._progress(Progress(self.stage, epoch, cfg.epochs, s + 1, spe, values))
                 if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0 and s + 1 < spe:
-                    state.update(meter=meter.sums, meter_count=meter.count, epoch_seconds=time.perf_counter() - t0)
+                    sums = distributed.mean_over_ranks(meter.sums, self.dist)
+                    state.update(meter=sums, meter_count=meter.count, epoch_seconds=time.perf_counter() - t0)
                     self._save(self.last_path, state)
                 if step_callback:
                     step_callback(StepInfo(epoch, s + 1, int(state["global_step"])))
             seconds = time.perf_counter() - t0
             record: dict[str, Any] = {"epoch": epoch + 1, "step": int(state["global_step"]), "seconds": seconds}
-            record.update(meter.means())
-            record.update(self.method.on_epoch_end(epoch))
+            record.update(distributed.mean_over_ranks({**meter.means(), **self.method.on_epoch_end(epoch)}, self.dist))
             if (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs:
-                res = self.evaluate_split("validation", topk=(), radius=2)
-                record["val_map"] = res["map@all"]
-                if res["map@all"] > state["best_map"]:
-                    state["best_map"] = float(res["map@all"])
+                val_map = self._validation_map()
+                record["val_map"] = val_map
+                if val_map > state["best_map"]:
+                    state["best_map"] = float(val_map)
                     state["best_epoch"] = epoch + 1
                     best_state = dict(state, epoch=epoch + 1, step_in_epoch=0, meter={}, meter_count=0)
                     self._save(self.best_path, best_state)
@@ -299,8 +352,47 @@ class Trainer:
             self._save(self.last_path, state)
         return self.finish(logger, state)
 
+    def _open_run(self, metrics_path: Path, state: dict[str, Any], resume: bool) -> Any:
+        """Load the last checkpoint into ``state`` (``resume``) or start the folder; the metrics logger.
+
+        Rank 0 decides whether there is a checkpoint to resume, and alone writes (the others log nowhere).
+        """
+        if distributed.broadcast_object(resume and self.last_path.exists(), self.dist):
+            if self.dist.is_main:  # the folder's config and manifest must be intact and describe this run
+                runs.check_resume(self.run_dir, self.cfg, self.manifest, self.ds)
+            state.update(self._load(self.last_path))
+            if self.dist.is_main:
+                runs.resume_metrics(metrics_path, state)
+        else:
+            if resume:
+                log.info("no checkpoint in %s; starting from scratch", self.run_dir)
+            self._init_folder()
+            if metrics_path.exists() and self.dist.is_main:
+                metrics_path.unlink()
+        distributed.broadcast_state(self.method.modules().values(), self.dist)
+        return runs.MetricsLogger(metrics_path) if self.dist.is_main else distributed.NullLogger()
+
+    def _seed_step(self, global_step: int) -> None:
+        """Several processes: seed this rank's draws of this step from (seed, rank, step); one process: nothing."""
+        if self.dist.enabled:
+            seed_everything(distributed.rank_seed(self.cfg.seed, self.dist.rank, global_step))
+
+    def _validation_map(self) -> float:
+        """Validation mAP@all, computed on rank 0 and given to every rank (so all select the same epoch)."""
+        return distributed.on_main(self.dist, lambda: self.evaluate_split("validation", topk=(), radius=2)["map@all"])
+
     def finish(self, logger: Any, state: dict[str, Any]) -> dict[str, Any]:
-        """Evaluate the best checkpoint (or the last, with no validation) on the query split."""
+        """Evaluate the best checkpoint (or the last, with no validation) on the query split.
+
+        Rank 0 evaluates and writes ``results.json``; every rank returns its results and ends on the best weights.
+        """
+        res_out = distributed.on_main(self.dist, lambda: self._final_results(logger, state))
+        if not self.dist.is_main and self.best_path.exists():
+            self._load_weights_only(self.best_path)
+        return res_out
+
+    def _final_results(self, logger: Any, state: dict[str, Any]) -> dict[str, Any]:
+        """Load the best checkpoint (if any), evaluate it on the query split, log and write the results."""
         if self.best_path.exists():
             self._load_weights_only(self.best_path)
         res = self.evaluate_split("query")
