@@ -130,3 +130,64 @@ def test_resume_extends_a_finished_run(tmp_path):
     assert [x["epoch"] for x in lines if "epoch" in x and not x.get("final")] == [1, 2]
     r = runner.invoke(cli, ["train", "--resume", "7", *common])
     assert r.exit_code != 0
+
+
+def test_index_again_then_search_shows_the_new_labels(trained, tmp_path):
+    """`coophash index` over an existing index: search shows the labels of the codes indexed now (issue 13)."""
+    root, run = trained
+    runner = CliRunner()
+    db, q, idx = tmp_path / "db.codes", tmp_path / "q.codes", tmp_path / "db.chidx"
+    assert runner.invoke(cli, ["encode", str(run), "--out", str(db)]).exit_code == 0
+    assert runner.invoke(cli, ["encode", str(run), "--split", "query", "--out", str(q)]).exit_code == 0
+
+    def hits():
+        r = runner.invoke(cli, ["search", str(idx), "--codes", str(q), "-k", "5", "--json", "--limit", "4"])
+        assert r.exit_code == 0, r.output
+        return [h for e in json.loads(r.output) for h in e["hits"]]
+
+    assert runner.invoke(cli, ["index", str(db), "--out", str(idx)]).exit_code == 0
+    cf = load_codes(db)
+    first = hits()
+    by_id = dict(zip(cf.ids.tolist(), cf.labels))
+    assert all(h["labels"] == np.flatnonzero(by_id[h["id"]]).tolist() for h in first)
+    # the same codes and ids with other labels (class c -> c+1), indexed into the same file
+    relabelled = tmp_path / "relabelled.codes"
+    save_codes(relabelled, cf.codes, cf.nbits, ids=cf.ids, labels=np.roll(cf.labels, 1, axis=1))
+    assert runner.invoke(cli, ["index", str(relabelled), "--out", str(idx)]).exit_code == 0
+    second = hits()
+    assert [h["id"] for h in second] == [h["id"] for h in first]
+    n_classes = cf.labels.shape[1]
+    assert all(h2["labels"] == [(c + 1) % n_classes for c in h1["labels"]] for h1, h2 in zip(first, second))
+    # codes without labels: no labels shown (not the previous ones)
+    bare = tmp_path / "bare.codes"
+    save_codes(bare, cf.codes, cf.nbits, ids=cf.ids)
+    assert runner.invoke(cli, ["index", str(bare), "--out", str(idx)]).exit_code == 0
+    assert all("labels" not in h for h in hits())
+
+
+def test_encode_16_bit_png_like_its_8_bit_twin(trained, tmp_path):
+    """A 16-bit PNG is scaled by its range: it encodes like the 8-bit image it was made from (it saturated)."""
+    root, run = trained
+    v8 = (np.random.default_rng(5).random((8, 8)) * 255).astype(np.uint8)
+    Image.fromarray(v8).save(tmp_path / "a8.png")
+    Image.fromarray(v8.astype(np.uint16) * 257).save(tmp_path / "a16.png")
+    codes = []
+    for name in ("a8.png", "a16.png"):
+        out = tmp_path / (name + ".codes")
+        r = CliRunner().invoke(cli, ["encode", str(run), "--images", str(tmp_path / name), "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        codes.append(load_codes(out).codes)
+    assert np.array_equal(codes[0], codes[1])
+
+
+def test_search_limit_shows_that_many_queries_and_refuses_negative(trained, tmp_path):
+    root, run = trained
+    runner = CliRunner()
+    db = tmp_path / "db.codes"
+    assert runner.invoke(cli, ["encode", str(run), "--out", str(db)]).exit_code == 0
+    assert runner.invoke(cli, ["index", str(db), "--out", str(tmp_path / "i.chidx")]).exit_code == 0
+    base = ["search", str(tmp_path / "i.chidx"), "--codes", str(db), "--json"]
+    assert len(json.loads(runner.invoke(cli, base + ["--limit", "3"]).output)) == 3
+    for bad in ("-1", "0"):
+        r = runner.invoke(cli, base + ["--limit", bad])
+        assert r.exit_code == 2 and "--limit" in r.output and "Traceback" not in r.output

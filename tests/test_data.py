@@ -25,6 +25,7 @@ from coophash.data import (
     load_dataset,
     prepare_pixels,
 )
+from coophash.data.pixels import decode_image
 from coophash.data.safe_pickle import ALLOWED_GLOBALS, loads_restricted_pickle
 from coophash.utils import atomic_write_bytes, atomic_write_text
 
@@ -464,6 +465,66 @@ def test_mnist_idx_errors(tmp_path):
     with pytest.raises(DataError, match=r"no idx file t10k-images-idx3-ubyte"):
         load_dataset("mnist-idx", root=tmp_path)
     assert len(load_dataset("mnist-idx", root=tmp_path, split="train")) == 7
+
+
+def test_mnist_idx_gz_with_any_flipped_byte_is_refused_or_read_intact(tmp_path):
+    """A damaged .gz is a DataError naming the file (it used to escape as zlib.error), never other pixels."""
+    arrays = _write_idx_folder(tmp_path, compress=True)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    good = path.read_bytes()
+    raw_errors: set[str] = set()
+    refused = 0
+    for i in range(len(good)):
+        bad = bytearray(good)
+        bad[i] ^= 0x10
+        path.write_bytes(bytes(bad))
+        try:
+            gzip.decompress(bytes(bad))
+        except Exception as exc:  # what the reader used to let through
+            raw_errors.add(type(exc).__name__)
+        try:
+            ds = load_dataset("mnist-idx", root=tmp_path, split="train")
+        except DataError as exc:
+            assert "train-images-idx3-ubyte.gz" in str(exc) and "\n" not in str(exc)
+            refused += 1
+            continue
+        assert torch.equal(ds.pixels()[:, 0], torch.from_numpy(arrays["train"][0]))  # e.g. a flipped mtime byte
+    assert "error" in raw_errors  # zlib.error: the case that gave a traceback
+    assert refused > len(good) // 2
+
+
+def test_16_bit_png_is_scaled_by_its_range_not_clipped(tmp_path):
+    """A 16-bit gray PNG: 8-bit values v stored as 257 v come back as v (they used to clip to 255)."""
+    v8 = _rand_pixels((9, 11), seed=3)
+    path = tmp_path / "g16.png"
+    Image.fromarray(v8.astype(np.uint16) * 257).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    assert np.array_equal(decode_image(path)[0], v8)
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(path)
+    decoded = decode_image(path)[0]
+    assert (decoded == 255).mean() < 0.01 and decoded.min() == 0 and decoded.max() == 255  # was 99.6 % at 255
+    assert np.abs(decoded.astype(np.int64) - np.rint(ramp / 257.0)).max() == 0
+    # a dataset of such files reads the same pixels
+    _save(tmp_path / "folder" / "a" / "x.png", v8.astype(np.uint16) * 257)
+    ds = load_dataset("imagefolder", root=tmp_path / "folder")
+    assert np.array_equal(ds.pixels()[0, 0].numpy(), v8)
+
+
+def test_32_bit_and_float_gray_images(tmp_path):
+    """Mode I (int32, taken as 16-bit) and F (float in [0, 1]) are scaled; values out of range are refused."""
+    v8 = _rand_pixels((5, 7), seed=4)
+    Image.fromarray(v8.astype(np.int32) * 257).save(tmp_path / "i.tiff")
+    assert Image.open(tmp_path / "i.tiff").mode == "I"
+    assert np.array_equal(decode_image(tmp_path / "i.tiff")[0], v8)
+    Image.fromarray(v8.astype(np.float32) / 255).save(tmp_path / "f.tiff")
+    assert np.array_equal(decode_image(tmp_path / "f.tiff")[0], v8)
+    Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "big.tiff")
+    with pytest.raises(DataError, match=r"big.tiff: I gray pixels must lie in \[0, 65535\], found \[70000"):
+        decode_image(tmp_path / "big.tiff")
+    Image.fromarray(np.full((4, 4), 2.5, np.float32)).save(tmp_path / "hdr.tiff")
+    with pytest.raises(DataError, match=r"hdr.tiff: F gray pixels must lie in \[0, 1\]"):
+        decode_image(tmp_path / "hdr.tiff")
 
 
 # ---------------------------------------------------------------------------------------- registry

@@ -84,7 +84,7 @@ class TrainConfig:
         for name in self.fields():
             _typed(name, getattr(self, name), source)
         for name, low in (("bits", 1), ("epochs", 0), ("batch_size", 1), ("unlabeled_batch_size", 0), ("seed", 0),
-                          ("split_seed", 0), ("eval_every", 1), ("checkpoint_every", 0), ("eval_batch_size", 1),
+                          ("split_seed", 0), ("eval_every", 0), ("checkpoint_every", 0), ("eval_batch_size", 1),
                           ("threads", 1), ("image_size", 1), ("channels", 1)):
             value = getattr(self, name)
             if value is not None and value < low:
@@ -124,8 +124,10 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "out": ("str", False),
 }
 _NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "dict": "a mapping"}
-# Fields every run config written by coophash holds (a run config missing one was cut short or damaged).
-_RUN_FIELDS = frozenset(_KINDS)
+# Fields every run config written by coophash holds (a run config missing one was cut short or damaged):
+# all but those added later (amp), so that run folders of earlier versions still resume.  Keys are
+# written sorted, so a cut loses at least the last one (weight_decay).
+_RUN_FIELDS = frozenset(_KINDS) - {"amp"}
 
 
 def _typed(name: str, value: Any, source: str) -> Any:
@@ -148,7 +150,7 @@ def _typed(name: str, value: Any, source: str) -> Any:
 
 
 def seal_yaml(body: str) -> str:
-    """``body`` (YAML text) behind a first line holding the SHA-256 of ``body`` (checked by :func:`read_yaml_mapping`)."""
+    """``body`` (YAML text) behind a first line holding its SHA-256 (checked by :func:`read_yaml_mapping`)."""
     return f"{_SEAL_PREFIX}{hashlib.sha256(body.encode('utf-8')).hexdigest()}\n{body}"
 
 
@@ -170,7 +172,11 @@ def _unsealed(text: str, path: Path) -> str:
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     """The mapping in a YAML file (checksum line checked); ValueError naming the file when it is empty,
     not UTF-8 text, not YAML or not a mapping; FileNotFoundError when it does not exist."""
-    p = Path(path)
+    return _read_yaml(Path(path), what)[0]
+
+
+def _read_yaml(p: Path, what: str) -> tuple[dict[str, Any], str]:
+    """(mapping, YAML text without its checksum line) of a file; see :func:`read_yaml_mapping`."""
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
@@ -190,7 +196,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
         raise ValueError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{p}: expected a mapping of {what} fields at the top level, got {type(data).__name__}")
-    return data
+    return data, body
 
 
 def load_config(path: str | Path, complete: bool = False) -> TrainConfig:
@@ -200,8 +206,10 @@ def load_config(path: str | Path, complete: bool = False) -> TrainConfig:
     coophash writes, so that a file cut short is refused instead of falling back to defaults.
     """
     p = Path(path)
-    data = read_yaml_mapping(p, "config")
+    data, body = _read_yaml(p, "config")
     if complete:
+        if not body.endswith("\n"):
+            raise ValueError(f"{p}: incomplete run config (cut short?): its last line has no end")
         missing = sorted(_RUN_FIELDS - set(data))
         if missing:
             raise ValueError(f"{p}: incomplete run config (cut short or damaged?): missing field(s) "

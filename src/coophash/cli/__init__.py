@@ -5,12 +5,19 @@ imported: importing ``coophash.cli`` loads neither torch nor any command, and ch
 environment variable, no log handler).  :func:`main`, the console script, sets ``OMP_WAIT_POLICY``
 before a command imports torch.
 
+Errors have one boundary, :meth:`LazyGroup.invoke`: whatever a command raises (a bad file, a read-only
+folder, a full disk, a missing device, an unknown name) ends as one ``Error: ...`` line on stderr with exit
+status 2 for a usage error and 1 for a runtime error (:func:`coophash.cli.common.explain`); no traceback
+unless ``coophash --debug`` (or ``COOPHASH_DEBUG=1``).  Click's own usage errors keep their form and status 2.
+
 A new command: a ``click.command`` in a module of this package, plus one line in :data:`COMMANDS`.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import sys
+import traceback
 from typing import Any, Optional, Sequence
 
 import click
@@ -49,10 +56,35 @@ class LazyGroup(click.Group):
             self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
         return super().get_command(ctx, cmd_name)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; any exception but click's own becomes a one-line error (the error boundary).
+
+        With ``--debug`` an unexpected exception keeps its traceback, and a one-line error that a command
+        raised while handling another exception is preceded by that exception's traceback.
+        """
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.ClickException as exc:
+            cause = exc.__cause__ or exc.__context__
+            if debug and isinstance(cause, Exception) and not isinstance(cause, click.exceptions.ClickException):
+                traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            from coophash.cli.common import explain
+
+            raise explain(exc) from None
+
 
 @click.group(cls=LazyGroup, lazy_commands=COMMANDS)
+@click.option("--debug", is_flag=True, envvar="COOPHASH_DEBUG",
+              help="Show the traceback of an error instead of its one-line message.")
 @click.version_option(package_name="coophash")
-def cli() -> None:
+def cli(debug: bool) -> None:
     """Supervised deep image hashing with generated data."""
 
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import click
 
-from coophash.cli.common import StageBars
+from coophash.cli.common import DEVICE, StageBars, usage_fail
 
 __all__ = ["bench"]
 
@@ -17,11 +17,12 @@ __all__ = ["bench"]
 @click.argument("suite")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Output folder (default bench/<suite name>); reruns continue from its cache.")
-@click.option("--device", default=None, help="torch device for every run, e.g. cpu or cuda (default: the suite's).")
+@click.option("--device", type=DEVICE, default=None,
+              help="torch device for every run, e.g. cpu or cuda (default: the suite's).")
 @click.option("--seeds", default=None, help="Comma-separated seeds instead of the suite's, e.g. 0,1.")
 @click.option("--only", default=None, help="Comma-separated experiment kinds to run, e.g. main,pr "
               "(the report still shows everything cached).")
-@click.option("--threads", type=int, default=None, help="torch threads (default: torch's).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Train only shard I of N (runs split by key): N processes on one --out folder share the work; "
                    "no report (run once more without --shard to train leftovers and write it).")
@@ -39,8 +40,10 @@ def bench(suite: str, out: Optional[str], device: Optional[str], seeds: Optional
 
     try:
         s = load_suite(suite)
-    except SuiteError as exc:
-        raise click.ClickException(str(exc)) from None
+    except SuiteError as exc:  # a damaged suite file is a runtime error, an unknown suite name a usage error
+        if Path(suite).is_file():
+            raise click.ClickException(str(exc)) from None
+        usage_fail(str(exc), "SUITE")
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out) if out else Path("bench") / s.name
@@ -161,7 +164,7 @@ def _int_list(text: Optional[str], what: str) -> Optional[list[int]]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise click.BadParameter(f"{what}: expected comma-separated integers, got {text!r}") from None
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=what) from None
 
 
 def _without_note(argv: list[str]) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import click
 
-from coophash.cli.common import fail, load_method, read_images
+from coophash.cli.common import DEVICE, fail, load_method, read_images, usage_fail
 
 __all__ = ["encode", "index", "search"]
 
@@ -17,11 +17,11 @@ _SPLITS = ("database", "query", "validation", "train", "labeled")
 @click.command()
 @click.argument("run")
 @click.option("--dataset", "dataset", help="Encode a dataset (default: the run's).")
-@click.option("--split", default="database", help="Manifest split to encode (database, query, validation, train, all).")
+@click.option("--split", type=click.Choice([*_SPLITS, "all"]), default="database", help="Manifest split to encode.")
 @click.option("--images", "images", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Image files.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Code file to write.")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best")
-@click.option("--device", default="cpu")
+@click.option("--device", type=DEVICE, default="cpu")
 @click.option("--root", default="runs")
 def encode(run: str, dataset: Optional[str], split: str, images: tuple[str, ...], out: str, which: str,
            device: str, root: str) -> None:
@@ -33,6 +33,13 @@ def encode(run: str, dataset: Optional[str], split: str, images: tuple[str, ...]
     from coophash.train import runs
     from coophash.train.encoding import encode_images, encode_indices
 
+    if dataset:
+        from coophash.data import DATASETS
+
+        try:
+            DATASETS.get(dataset)
+        except KeyError as exc:
+            usage_fail(str(exc), "--dataset")
     cfg, method = load_method(run, which, device, root)
     if images:
         x = read_images(images, method.info.image_size, method.info.channels)
@@ -48,19 +55,12 @@ def encode(run: str, dataset: Optional[str], split: str, images: tuple[str, ...]
             idx = np.arange(len(ds))
         else:
             mf = Manifest.load(runs.resolve_run(run, root, which)[0] / runs.MANIFEST)
-            if split not in _SPLITS:
-                fail(f"unknown split {split!r}")
             idx = getattr(mf, split)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     codes = encode_indices(method.encode, ds, idx, method.device)
     save_codes(out, codes, cfg.bits, ids=idx, labels=ds.labels[idx].numpy(), source=f"{name}:{split}")
     click.echo(f"wrote {len(codes)} codes of {cfg.bits} bits to {out}")
-
-
-def _labels_path(index_path: Path) -> Path:
-    """The sidecar code file holding the labels of an index's codes."""
-    return index_path.with_name(index_path.name + ".labels.safetensors")
 
 
 @click.command()
@@ -71,11 +71,15 @@ def _labels_path(index_path: Path) -> Path:
 @click.option("--collection", help="Milvus collection (created when missing).")
 @click.option("--index-type", type=click.Choice(["BIN_FLAT", "BIN_IVF_FLAT"]), default=None,
               help="Index of a new Milvus collection (default BIN_FLAT, exact).")
-@click.option("--nlist", type=int, default=1024, help="IVF lists of a new BIN_IVF_FLAT collection.")
+@click.option("--nlist", type=click.IntRange(min=1), default=1024, help="IVF lists of a new BIN_IVF_FLAT collection.")
 def index(codes: str, out: Optional[str], backend: str, milvus_uri: Optional[str], collection: Optional[str],
           index_type: Optional[str], nlist: int) -> None:
-    """Build a Hamming index from a code file (labels, if present, go to a sidecar file or Milvus field)."""
-    from coophash.codefile import CodeFileError, load_codes, save_codes
+    """Build a Hamming index from a code file (labels, if present, go to a sidecar file or Milvus field).
+
+    The sidecar ``<out>.labels.safetensors`` is rewritten (or removed) with the index, and checked against
+    the index's codes when read, so an index never shows the labels of codes it no longer holds.
+    """
+    from coophash.codefile import CodeFileError, load_codes, save_index_labels
     from coophash.index import HammingIndex
 
     try:
@@ -86,12 +90,11 @@ def index(codes: str, out: Optional[str], backend: str, milvus_uri: Optional[str
         _index_milvus(cf, milvus_uri, collection, index_type, nlist)
         return
     if not out:
-        fail("give --out FILE (or --milvus URI --collection NAME)")
+        usage_fail("give --out FILE (or --milvus URI --collection NAME)")
     idx = HammingIndex(cf.nbits, backend=backend)
     idx.add(cf.codes, ids=cf.ids)
     idx.save(out)
-    if cf.labels is not None:
-        save_codes(_labels_path(Path(out)), cf.codes, cf.nbits, ids=cf.ids, labels=cf.labels, source=cf.source)
+    save_index_labels(out, cf)
     click.echo(f"indexed {idx.ntotal} codes of {cf.nbits} bits into {out}")
 
 
@@ -99,16 +102,18 @@ def index(codes: str, out: Optional[str], backend: str, milvus_uri: Optional[str
 @click.argument("index_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--milvus", "milvus_uri", help="Search a Milvus server instead of INDEX_FILE (URI).")
 @click.option("--collection", help="Milvus collection (with --milvus).")
-@click.option("--nprobe", type=int, default=16, help="IVF lists probed per query (BIN_IVF_FLAT collections).")
+@click.option("--nprobe", type=click.IntRange(min=1), default=16,
+              help="IVF lists probed per query (BIN_IVF_FLAT collections).")
 @click.option("--codes", "codes", type=click.Path(dir_okay=False), help="Query code file.")
 @click.option("--images", "images", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Query images.")
 @click.option("--run", "run", help="Run whose network encodes --images.")
-@click.option("-k", "k", type=int, default=10, help="Neighbours per query.")
-@click.option("--radius", type=int, default=None, help="Return every code within this Hamming radius instead.")
-@click.option("--limit", type=int, default=10, help="Show at most this many queries.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, help="Neighbours per query.")
+@click.option("--radius", type=click.IntRange(min=0), default=None,
+              help="Return every code within this Hamming radius instead.")
+@click.option("--limit", type=click.IntRange(min=1), default=10, help="Show at most this many queries (>= 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--root", default="runs")
-@click.option("--device", default="cpu")
+@click.option("--device", type=DEVICE, default="cpu")
 def search(index_file: Optional[str], milvus_uri: Optional[str], collection: Optional[str], nprobe: int,
            codes: Optional[str], images: tuple[str, ...], run: Optional[str], k: int, radius: Optional[int],
            limit: int, as_json: bool, root: str, device: str) -> None:
@@ -119,10 +124,10 @@ def search(index_file: Optional[str], milvus_uri: Optional[str], collection: Opt
         q, q_labels, names, q_scores = _query_codes(codes, idx.nbits)
     elif images:
         if not run:
-            fail("--images needs --run to encode them")
+            usage_fail("--images needs --run to encode them")
         q, q_labels, names, q_scores = _query_images(images, run, idx.nbits, where, root, device)
     else:
-        fail("give --codes or --images")
+        usage_fail("give --codes or --images")
     try:
         if radius is not None:
             lims, D, I = idx.range_search(q, radius)
@@ -131,7 +136,7 @@ def search(index_file: Optional[str], milvus_uri: Optional[str], collection: Opt
             D, I = idx.search(q, k)
             rows = [(D[i], I[i]) for i in range(len(q))]
         rows = rows[:limit]
-        db_labels = _milvus_labels(idx, rows) if milvus_uri else _index_labels(Path(index_file))
+        db_labels = _milvus_labels(idx, rows) if milvus_uri else _index_labels(idx, Path(index_file))
     except RuntimeError as exc:  # MilvusIndexError: the server went away or refused the request
         fail(str(exc))
     results = _results(rows, names, q_labels, q_scores, db_labels)
@@ -172,17 +177,16 @@ def _query_images(images: tuple[str, ...], run: str, nbits: int, where: str, roo
     return q, None, list(images), None if ood is None else ood.float().cpu().numpy()
 
 
-def _index_labels(index_path: Path) -> Optional[dict[int, list[int]]]:
-    """id → class indices of an index's codes, from its sidecar file (None without one)."""
+def _index_labels(idx: Any, index_path: Path) -> Optional[dict[int, list[int]]]:
+    """id → class indices of an index's codes, from its labels file (None without one; refused when stale)."""
     import numpy as np
 
-    from coophash.codefile import load_codes
+    from coophash.codefile import load_index_labels
 
-    lp = _labels_path(index_path)
-    if not lp.exists():
+    labels = load_index_labels(index_path, idx.codes, idx.ids)
+    if labels is None:
         return None
-    lf = load_codes(lp)
-    return {i: np.flatnonzero(lab).tolist() for i, lab in zip(lf.ids.tolist(), lf.labels)}
+    return {i: np.flatnonzero(lab).tolist() for i, lab in labels.items()}
 
 
 def _open_index(index_file: Optional[str], milvus_uri: Optional[str], collection: Optional[str],
@@ -192,7 +196,7 @@ def _open_index(index_file: Optional[str], milvus_uri: Optional[str], collection
         from coophash.index.milvus import MilvusIndex, MilvusIndexError
 
         if not collection:
-            fail("--milvus needs --collection NAME")
+            usage_fail("--milvus needs --collection NAME")
         try:
             return MilvusIndex(milvus_uri, collection, nprobe=nprobe), f"collection {collection!r} at {milvus_uri}"
         except (MilvusIndexError, ImportError) as exc:
@@ -200,10 +204,12 @@ def _open_index(index_file: Optional[str], milvus_uri: Optional[str], collection
     from coophash.index import HammingIndex, IndexFileError
 
     if not index_file:
-        fail("give INDEX_FILE or --milvus URI --collection NAME")
+        usage_fail("give INDEX_FILE or --milvus URI --collection NAME")
     try:
         return HammingIndex.load(index_file), index_file
-    except (IndexFileError, FileNotFoundError, ValueError) as exc:
+    except FileNotFoundError:
+        fail(f"{index_file}: index file not found")
+    except (IndexFileError, ValueError) as exc:
         fail(str(exc))
 
 
@@ -212,7 +218,7 @@ def _index_milvus(cf: Any, uri: str, collection: Optional[str], index_type: Opti
     from coophash.index.milvus import MilvusIndex, MilvusIndexError
 
     if not collection:
-        fail("--milvus needs --collection NAME")
+        usage_fail("--milvus needs --collection NAME")
     try:
         with MilvusIndex(uri, collection, cf.nbits, index_type=index_type, nlist=nlist) as idx:
             idx.add(cf.codes, ids=cf.ids, labels=cf.labels)

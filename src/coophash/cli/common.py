@@ -1,10 +1,15 @@
 """What several commands share: errors, the config from file + flags + ``--set``, method options, progress bars.
 
+Errors: :func:`fail` (a runtime error, exit status 1) and :func:`usage_fail` (a usage error, exit status 2)
+stop a command with one line; :func:`explain` turns any other exception into such a line for the error
+boundary of the command group (``coophash.cli``).
+
 Importing this module imports neither torch nor NumPy (the heavy imports are inside functions), so that
 ``coophash.cli.main`` can set ``OMP_WAIT_POLICY`` before torch loads.
 """
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,9 +19,13 @@ import click
 import yaml
 
 __all__ = [
+    "DEVICE",
     "METHOD_OPTION_PREFIX",
     "StageBars",
     "build_config",
+    "check_config",
+    "check_device_name",
+    "explain",
     "fail",
     "format_metrics",
     "gan_postfix",
@@ -29,6 +38,7 @@ __all__ = [
     "read_images",
     "read_run_config",
     "training_progress",
+    "usage_fail",
 ]
 
 # keyword prefix of the per-method options (``--gan-dir`` arrives as ``m__gan_dir``), kept apart from the common flags
@@ -36,22 +46,81 @@ METHOD_OPTION_PREFIX = "m__"
 
 
 def fail(msg: str) -> NoReturn:
-    """Stop the command with a one-line error (exit status 1)."""
-    raise click.ClickException(msg)
+    """Stop the command with a one-line error (exit status 1: a runtime error, e.g. a bad or missing file)."""
+    raise click.ClickException(_one_line(msg))
+
+
+def usage_fail(msg: str, option: Optional[str] = None) -> NoReturn:
+    """Stop the command with a one-line usage error (exit status 2), naming ``option`` when given."""
+    if option:
+        raise click.BadParameter(_one_line(msg), param_hint=option)
+    raise click.UsageError(_one_line(msg))
+
+
+def _one_line(msg: str) -> str:
+    """``msg`` with its lines joined (error messages of the CLI are one line)."""
+    return " ".join(str(msg).split())
+
+
+def _first_line(msg: str) -> str:
+    """The first non-empty line of ``msg`` (torch's messages add advice on further lines)."""
+    return next((line.strip() for line in str(msg).splitlines() if line.strip()), "")
+
+
+def explain(exc: BaseException) -> click.ClickException:
+    """The one-line error (a click exception carrying its exit status) for an exception a command raised.
+
+    Exit status 2 for a usage error (an unknown name, given on the command line or in a config file), 1 for
+    everything else: bad or damaged files, a read-only folder, a full disk, a missing device, a diverged run.
+    Messages of coophash's own errors (and ValueErrors, which name the file and field) are kept as they are.
+    """
+    from coophash.utils.registry import UnknownName
+
+    if isinstance(exc, UnknownName):
+        return click.UsageError(_one_line(str(exc)))
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return click.ClickException(_os_error(exc))
+    if isinstance(exc, UnicodeError):
+        return click.ClickException(f"cannot decode text ({_one_line(str(exc))}); is the file damaged?")
+    if isinstance(exc, MemoryError):
+        return click.ClickException("out of memory; try a smaller --batch-size or fewer images at once")
+    own = type(exc).__module__.startswith("coophash")
+    if own or isinstance(exc, (ValueError, OSError)):
+        return click.ClickException(_one_line(str(exc)) or type(exc).__name__)
+    if isinstance(exc, (RuntimeError, KeyError, TypeError, AssertionError)):
+        return click.ClickException(f"{type(exc).__name__}: {_first_line(str(exc))}")
+    return click.ClickException(f"internal error: {type(exc).__name__}: {_first_line(str(exc))} "
+                                "(run `coophash --debug ...` for the traceback)")
+
+
+def _os_error(exc: OSError) -> str:
+    """What an OSError means for the user, naming the file: a full disk, a read-only folder, a missing file."""
+    where = str(exc.filename or "")
+    if exc.filename2:
+        where = f"{where} -> {exc.filename2}"
+    reason = {
+        errno.ENOENT: "no such file or folder",
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied (a read-only folder?)",
+        errno.EPERM: "operation not permitted",
+    }.get(exc.errno, exc.strerror or _one_line(str(exc)))
+    return f"{where}: {reason}" if where else f"{reason} ({_one_line(str(exc))})"
 
 
 # ------------------------------------------------------------------------------------------ config
 def parse_sets(sets: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs (values parsed as YAML; ``a.b=v`` sets key b of dict field a)."""
+    """``key=value`` pairs (values parsed as YAML; ``a.b=v`` sets key b of dict field a); usage errors name the pair."""
     out: dict[str, Any] = {}
     for item in sets:
         if "=" not in item:
-            fail(f"--set expects KEY=VALUE, got {item!r}")
+            usage_fail(f"expects KEY=VALUE, got {item!r}", "--set")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            fail(f"--set {key}: cannot parse value {raw!r}: {exc}")
+            usage_fail(f"{key}: cannot parse value {raw!r}: {exc}", "--set")
         if "." in key:
             field, sub = key.split(".", 1)
             out.setdefault(field, {})[sub] = value
@@ -65,32 +134,104 @@ def build_config(config: Optional[str], flags: dict[str, Any], sets: Sequence[st
     """The TrainConfig of a command line: YAML file (or defaults) < flags < ``--set`` < typed method options.
 
     ``method_args`` hold the values click parsed (typed), merged into ``cfg.method_args`` as they are.
+    A bad config file stops the command with exit status 1, a bad flag or ``--set`` value with 2 (usage);
+    names (method, loss, backbone, dataset, protocol) and the device are checked by :func:`check_config`.
     """
     from coophash.config import TrainConfig, load_config
 
     try:
         cfg = load_config(config) if config else TrainConfig()
-        data = cfg.to_dict()
-        data.update({k: v for k, v in flags.items() if v is not None})
-        for key, value in parse_sets(sets).items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
-        if method_args:
-            data["method_args"] = {**data["method_args"], **method_args}
-        return TrainConfig.from_dict(data, "command line")
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
+    data = cfg.to_dict()
+    data.update({k: v for k, v in flags.items() if v is not None})
+    _checked(data, "command line", None)
+    parsed = parse_sets(sets)
+    for key, value in parsed.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    _checked(data, "--set", None)
+    if method_args:
+        data["method_args"] = {**data["method_args"], **method_args}
+    cfg = _checked(data, "command line", None)
+    origin = {**{k: f"{config}: {k}" for k in data if config}, **{k: f"--set {k}" for k in parsed},
+              **{k: "--" + k.replace("_", "-") for k, v in flags.items() if v is not None}}
+    check_config(cfg, origin)
+    return cfg
+
+
+def _checked(data: dict[str, Any], source: str, option: Optional[str]) -> Any:
+    """``TrainConfig.from_dict(data)``; a bad value is a usage error (exit status 2) naming the field."""
+    from coophash.config import TrainConfig
+
+    try:
+        return TrainConfig.from_dict(data, source)
+    except ValueError as exc:
+        usage_fail(str(exc), option)
+
+
+def check_config(cfg: Any, origin: Optional[dict[str, str]] = None) -> None:
+    """Names of ``cfg`` (method, loss, backbone, dataset, protocol) known, its device present on this machine.
+
+    ``origin`` maps a field to where its value came from (``--loss``, ``--set loss``, a config file), for
+    the message.  An unknown name or a device string torch does not know is a usage error (exit status 2);
+    a device this machine lacks (``cuda`` without CUDA) a runtime error (exit status 1).
+    """
+    from coophash.data import DATASETS, PROTOCOLS
+    from coophash.losses import LOSSES
+    from coophash.methods import METHODS
+    from coophash.nets import BACKBONES
+
+    origin = origin or {}
+    for field, names in (("method", METHODS), ("loss", LOSSES), ("backbone", BACKBONES), ("dataset", DATASETS)):
+        try:
+            names.get(getattr(cfg, field))
+        except KeyError as exc:
+            usage_fail(str(exc), origin.get(field, field))
+    if cfg.protocol not in PROTOCOLS:
+        usage_fail(f"unknown protocol {cfg.protocol!r}; known: {', '.join(PROTOCOLS)}", origin.get("protocol"))
+    check_device_name(cfg.device, origin.get("device", "device"))
+
+
+def check_device_name(name: str, option: str = "--device") -> str:
+    """``name`` when it is a torch device this machine has: usage error (2) when torch does not know it,
+    runtime error (1) when the machine lacks it (``cuda`` without CUDA)."""
+    import torch
+
+    from coophash.train.determinism import check_device
+
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError):
+        usage_fail(f"{name!r} is not a torch device (expected cpu, cuda, cuda:N or mps)", option)
+    try:
+        check_device(name)
+    except ValueError as exc:
+        fail(str(exc))
+    return name
+
+
+class _Device(click.ParamType):
+    """A ``--device`` option: checked at parse time (see :func:`check_device_name`)."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        opt = param.opts[0] if param is not None and param.opts else "--device"
+        return check_device_name(str(value), opt)
+
+
+DEVICE = _Device()
 
 
 def read_run_config(run_dir: Path) -> Any:
-    """The resolved TrainConfig saved in a run folder (a clear error when missing or broken)."""
-    from coophash.config import load_config
+    """The resolved TrainConfig saved in a run folder, read strictly (a clear error when missing or broken)."""
     from coophash.train import runs
 
     try:
-        return load_config(run_dir / runs.CONFIG)
+        return runs.read_run_config(run_dir)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from coophash.cli.common import fail, load_method
+from coophash.cli.common import DEVICE, fail, load_method
 
 __all__ = ["sample"]
 
@@ -15,11 +15,13 @@ __all__ = ["sample"]
 @click.argument("run")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="PNG file to write (default: RUN/samples.png); a .json sidecar describes the tiles.")
-@click.option("--per-class", type=int, default=4, show_default=True, help="Contrastive pairs per class.")
-@click.option("--steps", type=int, default=None, help="Langevin steps (default: the run's langevin_steps).")
+@click.option("--per-class", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Contrastive pairs per class.")
+@click.option("--steps", type=click.IntRange(min=0), default=None,
+              help="Langevin steps (default: the run's langevin_steps).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of z, y- and the Langevin noise.")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best")
-@click.option("--device", default="cpu")
+@click.option("--device", type=DEVICE, default="cpu")
 @click.option("--root", default="runs", help="Folder of run folders.")
 def sample(run: str, out: Optional[str], per_class: int, steps: Optional[int], seed: int, which: str,
            device: str, root: str) -> None:
@@ -34,8 +36,6 @@ def sample(run: str, out: Optional[str], per_class: int, steps: Optional[int], s
     cfg, method = load_method(run, which, device, root)
     if not isinstance(method, CoopHash):
         fail(f"run {run} was trained with method {cfg.method!r}; `sample` needs coophash")
-    if per_class < 1:
-        fail("--per-class must be >= 1")
     run_dir, _ = runs.resolve_run(run, root, which)
     target = Path(out) if out else run_dir / "samples.png"
     png, side = write_sample(method, target, per_class=per_class, seed=seed, steps=steps)

@@ -3,28 +3,63 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
-from coophash.cli.common import fail, format_metrics, load_method
+from coophash.cli.common import DEVICE, fail, format_metrics, load_method
 
 __all__ = ["eval_cmd"]
+
+
+class _Cutoff(click.ParamType):
+    """``--R``: ``all`` (None) or a positive integer."""
+
+    name = "all|N"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+            return None
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"expected 'all' or a positive integer, got {value!r}", param, ctx)
+        if n < 1:
+            self.fail(f"expected 'all' or a positive integer, got {value!r}", param, ctx)
+        return n
+
+
+class _PositiveInts(click.ParamType):
+    """A comma-separated list of positive integers (``--topk 100,1000``)."""
+
+    name = "K,K,..."
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            ks = tuple(int(k) for k in str(value).split(",") if k.strip())
+        except ValueError:
+            self.fail(f"expected comma-separated positive integers, got {value!r}", param, ctx)
+        if any(k < 1 for k in ks):
+            self.fail(f"expected comma-separated positive integers, got {value!r}", param, ctx)
+        return ks
 
 
 @click.command("eval")
 @click.argument("run")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best")
-@click.option("--split", default="query", help="Query split of the manifest (query or validation).")
+@click.option("--split", type=click.Choice(["query", "validation"]), default="query",
+              help="Query split of the manifest.")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="Another manifest (default: the run's).")
-@click.option("--R", "R", default="all", help="mAP cut-off: all or an integer.")
-@click.option("--topk", default="100,1000", help="Comma-separated K for precision/recall@K.")
-@click.option("--radius", type=int, default=2)
+@click.option("--R", "R", type=_Cutoff(), default="all", help="mAP cut-off: all or a positive integer.")
+@click.option("--topk", type=_PositiveInts(), default="100,1000", help="Comma-separated K for precision/recall@K.")
+@click.option("--radius", type=click.IntRange(min=0), default=2, help="Hamming radius of precision@r.")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Folder for metrics.json and pr_curve.png.")
-@click.option("--device", default="cpu")
+@click.option("--device", type=DEVICE, default="cpu")
 @click.option("--root", default="runs", help="Folder of run folders.")
-def eval_cmd(run: str, which: str, split: str, manifest: Optional[str], R: str, topk: str, radius: int,
-             out: Optional[str], device: str, root: str) -> None:
+def eval_cmd(run: str, which: str, split: str, manifest: Optional[str], R: Optional[int], topk: tuple[int, ...],
+             radius: int, out: Optional[str], device: str, root: str) -> None:
     """Evaluate a run or checkpoint: mAP@R, P@K, R@K, P@r<=2 and the PR curve (JSON + PNG)."""
     from coophash.data import Manifest, load_dataset
     from coophash.metrics import evaluate
@@ -39,15 +74,11 @@ def eval_cmd(run: str, which: str, split: str, manifest: Optional[str], R: str, 
         mf.check(ds)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    if split not in ("query", "validation"):
-        fail(f"--split must be query or validation, got {split!r}")
-    r_val = None if str(R).lower() == "all" else int(R)
-    ks = tuple(int(k) for k in topk.split(",") if k.strip())
     q_idx = getattr(mf, split)
     q = encode_indices(method.encode, ds, q_idx, method.device)
     db = encode_indices(method.encode, ds, mf.database, method.device)
-    res = evaluate(q, db, ds.labels[q_idx].numpy(), ds.labels[mf.database].numpy(), cfg.bits, R=r_val,
-                   topk=ks, radius=radius)
+    res = evaluate(q, db, ds.labels[q_idx].numpy(), ds.labels[mf.database].numpy(), cfg.bits, R=R,
+                   topk=topk, radius=radius)
     click.echo(format_metrics(res))
     _write(res, Path(out) if out else run_dir / "eval", f"{cfg.method}/{cfg.loss} {cfg.bits} bits")
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import click
 
-from coophash.cli.common import StageBars, build_config, fail, gan_postfix, read_run_config
+from coophash.cli.common import StageBars, build_config, fail, gan_postfix, parse_sets
 
 __all__ = ["gan"]
 
@@ -25,7 +25,7 @@ __all__ = ["gan"]
 @click.option("--label-fraction", type=float, default=None,
               help="Labeled fraction of train (only a conditional GAN uses labels; unconditional: all images).")
 @click.option("--seed", type=int, default=None, help="Run seed (also seeds the split, as in `train`).")
-@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--epochs", type=int, default=None, help="Epochs to train [default: 15].")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--bits", type=int, default=None, help="Width of the diagnostic discriminator-feature code.")
 @click.option("--latent-dim", type=int, default=None, help="Latent dimension (default 64).")
@@ -37,11 +37,13 @@ __all__ = ["gan"]
 @click.option("--device", default=None, help="torch device, e.g. cpu or cuda (cuda:N for another GPU).")
 @click.option("--threads", type=int, default=None, help="torch threads.")
 @click.option("--out", default=None, help="Folder holding numbered run folders (default runs).")
-@click.option("--resume", "resume", help="Continue a killed GAN run (number, name or folder).")
+@click.option("--resume", "resume",
+              help="Continue a killed GAN run (number, name or folder) with its own config: other options "
+                   "given must match it.")
 @click.option("--set", "sets", multiple=True, help="Override any config field: KEY=VALUE or FIELD.KEY=VALUE.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def gan(dataset: Optional[str], image_size: Optional[int], channels: Optional[int], protocol: Optional[str],
-        manifest: Optional[str], label_fraction: Optional[float], seed: Optional[int], epochs: int,
+        manifest: Optional[str], label_fraction: Optional[float], seed: Optional[int], epochs: Optional[int],
         batch_size: Optional[int], bits: Optional[int], latent_dim: Optional[int], width: Optional[int],
         conditional: bool, lr: Optional[float], n_fakes: Optional[int], fakes_dtype: Optional[str],
         device: Optional[str], threads: Optional[int], out: Optional[str], resume: Optional[str],
@@ -51,54 +53,87 @@ def gan(dataset: Optional[str], image_size: Optional[int], channels: Optional[in
     The run folder gets fakes.safetensors (for `coophash train --method fakereg --fakes FILE`),
     samples.png, losses.png and metrics.jsonl (per-epoch discriminator and generator losses).
     """
-    from coophash.pipeline.gan import FAKES_FILE, gan_config, train_gan
+    from coophash.pipeline.gan import FAKES_FILE
     from coophash.train import runs
 
+    flags: dict[str, Any] = {
+        "dataset": dataset, "image_size": image_size, "channels": channels, "protocol": protocol,
+        "manifest": manifest, "label_fraction": label_fraction, "seed": seed, "batch_size": batch_size,
+        "bits": bits, "device": device, "threads": threads, "out": out,
+    }
+    gan_flags: dict[str, Any] = {"gan_latent_dim": latent_dim, "gan_width": width, "gan_lr": lr, "n_fakes": n_fakes,
+                                 "gan_fakes_dtype": fakes_dtype, "gan_conditional": True if conditional else None}
     if resume:
-        gcfg, run_dir = _resumed(resume, out)
-    else:
-        flags: dict[str, Any] = {
-            "dataset": dataset, "image_size": image_size, "channels": channels, "protocol": protocol,
-            "manifest": manifest, "label_fraction": label_fraction, "seed": seed, "batch_size": batch_size,
-            "bits": bits, "device": device, "threads": threads, "out": out,
-        }
-        base = build_config(None, flags, sets)
-        gargs = dict(base.method_args)
-        for key, value in (("gan_latent_dim", latent_dim), ("gan_width", width), ("gan_lr", lr),
-                           ("n_fakes", n_fakes), ("gan_fakes_dtype", fakes_dtype)):
-            if value is not None:
-                gargs[key] = value
-        if conditional:
-            gargs["gan_conditional"] = True
+        gcfg, run_dir = _resumed(resume, flags, gan_flags, sets, epochs)
         try:
-            gcfg = gan_config(base, gargs, epochs)
-        except (ValueError, TypeError) as exc:
+            runs.check_not_busy(run_dir)  # at once, before any data is loaded
+        except runs.RunFolderBusy as exc:
             fail(str(exc))
-        run_dir = runs.new_run_dir(gcfg)
-    click.echo(f"run folder: {run_dir}")
-    bars = None if quiet else StageBars(lambda p: "train gan", gan_postfix)
-    try:
-        result = train_gan(gcfg, run_dir, progress=bars)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-    finally:
-        if bars is not None:
-            bars.close()
+        result = _train(gcfg, run_dir, quiet)
+    else:
+        gcfg = _gan_config(build_config(None, flags, sets), gan_flags, 15 if epochs is None else epochs)
+        with runs.fresh_run_dir(gcfg) as run_dir:  # removed again if the run fails before writing into it
+            result = _train(gcfg, run_dir, quiet)
     click.echo(f"wrote {result.n_fakes} fakes to {result.fakes}")
     click.echo(f"sample grid: {result.samples}   loss curves: {result.losses}")
     click.echo(f"next: coophash train --method fakereg --fakes {Path(run_dir) / FAKES_FILE} "
                f"--dataset {gcfg.dataset} --seed {gcfg.seed} --loss dpsh")
 
 
-def _resumed(resume: str, out: Optional[str]) -> tuple[Any, Path]:
-    """(config, folder) of the GAN run to continue (its last checkpoint is picked up by the GAN stage)."""
+def _gan_config(base: Any, gan_flags: dict[str, Any], epochs: int) -> Any:
+    """The GAN stage's config: ``base`` (data, split, devices) with the GAN options given."""
+    from coophash.pipeline.gan import gan_config
+
+    gargs = dict(base.method_args)
+    gargs.update({k: v for k, v in gan_flags.items() if v is not None})
+    try:
+        return gan_config(base, gargs, epochs)
+    except (ValueError, TypeError) as exc:
+        fail(str(exc))
+
+
+def _train(gcfg: Any, run_dir: Path, quiet: bool) -> Any:
+    """Run the GAN stage of ``gcfg`` in ``run_dir`` (reused when done, resumed when killed)."""
+    from coophash.pipeline.gan import train_gan
+    from coophash.train.runs import RunFolderBusy
+
+    click.echo(f"run folder: {run_dir}")
+    bars = None if quiet else StageBars(lambda p: "train gan", gan_postfix)
+    try:
+        return train_gan(gcfg, run_dir, progress=bars)
+    except (ValueError, FileNotFoundError, RunFolderBusy) as exc:
+        fail(str(exc))
+    finally:
+        if bars is not None:
+            bars.close()
+
+
+def _resumed(resume: str, flags: dict[str, Any], gan_flags: dict[str, Any], sets: tuple[str, ...],
+             epochs: Optional[int]) -> tuple[Any, Path]:
+    """(config, folder) of the GAN run to continue: its own config, read strictly.
+
+    Options given must leave that config as it is (a GAN run resumes to its own epochs too); those that
+    would change it are refused, each named with the run's value.
+    """
+    from coophash.config import TrainConfig
     from coophash.train import runs
 
     try:
-        run_dir = runs.resolve_run(resume, out or "runs")[0]
-    except (FileNotFoundError, ValueError) as exc:
+        run_dir = runs.resolve_run(resume, flags["out"] or "runs")[0]
+        gcfg = runs.read_run_config(run_dir)
+        if gcfg.method != "gan":
+            fail(f"{run_dir} is a {gcfg.method!r} run, not a GAN run")
+        data = gcfg.to_dict()
+        data.update({k: v for k, v in flags.items() if v is not None and k != "out"})
+        for key, value in parse_sets(sets).items():
+            data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+        wanted = _gan_config(TrainConfig.from_dict(data, "command line"), gan_flags,
+                             gcfg.epochs if epochs is None else epochs)
+    except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    gcfg = read_run_config(run_dir)
-    if gcfg.method != "gan":
-        fail(f"{run_dir} is a {gcfg.method!r} run, not a GAN run")
+    changed = runs.config_differences(gcfg, wanted, ("out",))
+    if changed:
+        shown = ", ".join(f"{k} ({getattr(gcfg, k)!r:.40} -> {getattr(wanted, k)!r:.40})" for k in changed)
+        raise click.UsageError(f"--resume: a GAN run resumes with its own config ({run_dir / runs.CONFIG}); "
+                               f"the options given would change {shown}; start a new run for other settings")
     return gcfg, run_dir

@@ -25,7 +25,8 @@ def list_cmd() -> None:
 
 
 @click.command()
-@click.option("--epochs", type=int, default=None, help="Training epochs (default: the demo's budget).")
+@click.option("--epochs", type=click.IntRange(min=0), default=None,
+              help="Training epochs (default: the demo's budget).")
 @click.option("--out", default="runs", help="Folder of run folders.")
 @click.option("--quick", is_flag=True, help="A tiny budget (seconds), for smoke tests.")
 def demo(epochs: Optional[int], out: str, quick: bool) -> None:

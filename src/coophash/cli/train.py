@@ -50,16 +50,21 @@ def train(config: Optional[str], method: Optional[str], loss: Optional[str], bac
 
     Method hyperparameters have their own options (below) or go through --set method_args.NAME=VALUE.
     """
-    from coophash.train import runs
+    from coophash.train import distributed, runs
 
     flags = dict(method=method, loss=loss, backbone=backbone, bits=bits, dataset=dataset, protocol=protocol,
                  manifest=manifest, label_fraction=label_fraction, epochs=epochs, batch_size=batch_size,
                  lr=lr, seed=seed, device=device, threads=threads, out=out)
     if resume:
         if config:
-            fail("--config cannot be used with --resume: a run resumes with its own config.yaml")
+            raise click.UsageError("--config cannot be used with --resume: a run resumes with its own config.yaml")
         run_dir = _resume_dir(resume, out)
-        cfg = resumed_config(run_dir, flags, sets, method_args_from(method_opts))
+        cfg = _resumed_config(run_dir, flags, sets, method_args_from(method_opts))
+        try:
+            if distributed.launched_world()[0] == 0:  # torchrun: rank 0 looks (all ranks at once race for the lock)
+                runs.check_not_busy(run_dir)  # at once, before any data is loaded
+        except runs.RunFolderBusy as exc:
+            fail(str(exc))
         _train(cfg, run_dir, True, quiet)
         return
     cfg = build_config(config, flags, sets, method_args_from(method_opts))
@@ -83,7 +88,7 @@ def _train(cfg: Any, run_dir: Any, resume: bool, quiet: bool) -> None:
     click.echo(format_metrics(res))
 
 
-def resumed_config(run_dir: Any, flags: dict[str, Any], sets: tuple[str, ...],
+def _resumed_config(run_dir: Any, flags: dict[str, Any], sets: tuple[str, ...],
                    method_args: dict[str, Any]) -> Any:
     """The config a run resumes with: its own ``config.yaml``, read strictly, with ``--epochs`` applied.
 
@@ -101,11 +106,22 @@ def resumed_config(run_dir: Any, flags: dict[str, Any], sets: tuple[str, ...],
             data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
         data["method_args"] = {**data["method_args"], **method_args}
         wanted = TrainConfig.from_dict(data, "command line")
-        changed = [k for k in runs.config_differences(cfg, wanted, ("epochs", "out"))]
+        changed = runs.config_differences(cfg, wanted, ("epochs", "out"))
         if changed:
-            shown = ", ".join(f"{k}={getattr(wanted, k)!r:.40} (the run has {getattr(cfg, k)!r:.40})" for k in changed)
-            fail(f"--resume {run_dir}: a run resumes with its own config; these options would change it: {shown}. "
-                 "Only --epochs may change (to train longer); start a new run for other settings")
+            shown = ", ".join(f"{k} ({getattr(cfg, k)!r:.40} -> {getattr(wanted, k)!r:.40})" for k in changed)
+            raise click.UsageError(f"--resume: a run resumes with its own config ({run_dir / runs.CONFIG}); "
+                                   f"the options given would change {shown}. Only --epochs may change (to train "
+                                   "longer); start a new run for other settings")
         return cfg.replace(epochs=flags["epochs"]) if flags["epochs"] is not None else cfg
     except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+def _resume_dir(resume: str, out: Optional[str]) -> Any:
+    """The folder of the run to continue (number, name or folder; numbers and names under ``--out``)."""
+    from coophash.train import runs
+
+    try:
+        return runs.resolve_run(resume, out or "runs")[0]
+    except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))

@@ -33,6 +33,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 # ITU-R BT.601 luma weights, the ones PIL uses for convert("L").
 _LUMA = (0.299, 0.587, 0.114)
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # more than 8 bits per pixel
 _CHUNK = 1024
 
 
@@ -127,21 +128,44 @@ def read_image_header(path: Union[str, Path]) -> Tuple[int, int, int]:
 
 
 def decode_image(path: Union[str, Path]) -> np.ndarray:
-    """Decode an image file to uint8 (C, H, W) with its native channels (1 for gray modes, else 3)."""
+    """Decode an image file to uint8 (C, H, W) with its native channels (1 for gray modes, else 3).
+
+    Gray images of more than 8 bits are scaled from their format's range, not clipped: 16-bit
+    (``I;16``, and ``I`` holding values in 0..65535, the form of 16-bit PNGs in older Pillow) by
+    255/65535, float (``F``) images in [0, 1] by 255.  Values outside those ranges are refused.
+    """
     from PIL import Image
 
     path = Path(path)
     try:
         with Image.open(path) as im:
-            mode = "L" if im.mode in _GRAY_MODES else "RGB"
-            array = np.asarray(im.convert(mode), dtype=np.uint8)
+            if im.mode in _WIDE_GRAY_MODES:
+                array = _wide_gray_to_uint8(np.asarray(im), im.mode, path)
+            else:
+                mode = "L" if im.mode in _GRAY_MODES else "RGB"
+                array = np.asarray(im.convert(mode), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise _open_error(path, exc) from exc
     if array.ndim == 2:
         return array[None, :, :].copy()
     return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def _wide_gray_to_uint8(values: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """8-bit pixels of a 16-bit, 32-bit integer or float gray image, scaled from its format's range."""
+    if mode == "F":
+        lo, hi, scale = 0.0, 1.0, 255.0
+    else:  # "I;16*" are 0..65535 by format; "I" (int32) is taken as 16-bit, its usual source
+        lo, hi, scale = 0.0, 65535.0, 255.0 / 65535.0
+    v = values.astype(np.float64)
+    if v.size and not (np.isfinite(v).all() and v.min() >= lo and v.max() <= hi):
+        raise DataError(f"{path}: {mode} gray pixels must lie in [{lo:g}, {hi:g}], found "
+                        f"[{np.nanmin(v):g}, {np.nanmax(v):g}]; convert the image to 8 or 16 bits")
+    return np.rint(v * scale).astype(np.uint8)
 
 
 def read_image_file(

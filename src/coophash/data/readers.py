@@ -20,6 +20,7 @@ import gzip
 import importlib.util
 import io
 import struct
+import zlib
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -114,7 +115,7 @@ def _read_mnist5k(path: str) -> Tuple[np.ndarray, np.ndarray]:
         with gzip.open(path, "rb") as handle:
             raw = handle.read()
         table = np.loadtxt(io.BytesIO(raw), delimiter=",", dtype=np.int64, ndmin=2)
-    except (OSError, EOFError, ValueError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise DataError(f"{path}: cannot parse mnist_5k csv ({exc})") from exc
     if table.shape[1] != 785:
         raise DataError(f"{path}: expected 785 columns (784 pixels + label), found {table.shape[1]}")
@@ -448,8 +449,8 @@ def read_idx(path: PathLike, magic: int) -> np.ndarray:
             data = gzip.decompress(data)
     except FileNotFoundError:
         raise DataError(f"{path}: idx file not found") from None
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read idx file ({exc})") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged .gz (a flipped byte)
+        raise DataError(f"{path}: cannot read idx file, damaged? ({type(exc).__name__}: {exc})") from None
     if len(data) < 4:
         raise DataError(f"{path}: too short for an idx header")
     (found,) = struct.unpack(">I", data[:4])

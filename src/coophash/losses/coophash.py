@@ -26,8 +26,9 @@ from torch import Tensor
 
 from coophash.nets.descriptor import DescriptorOutput, log_p_y_given_x
 
-from .base import LossOutput, quantisation_error, sum_terms, triplet_loss
+from .base import LossOutput, quantisation_error, sum_terms
 from .classification import class_loss
+from .distributed import global_triplet_loss
 
 __all__ = [
     "DescriptorWeights",
@@ -188,9 +189,9 @@ def _cooperative_terms(
     if w.triplet > 0:
         margin = w.triplet_margin
         anchors = u_lab[:n]
-        trip = triplet_loss(anchors, u_pos, u_neg, margin, gate=gate)
+        trip = global_triplet_loss(anchors, u_pos, u_neg, margin, gate=gate)  # over every rank's pairs
         if u_gen.shape[0] > 2 * n:
-            trip = trip + triplet_loss(anchors, u_gen[2 * n :], u_neg, margin, gate=gate)
+            trip = trip + global_triplet_loss(anchors, u_gen[2 * n :], u_neg, margin, gate=gate)
         terms["triplet"] = w.hash * r * w.triplet * trip
     if w.gen_hash > 0:
         terms["gen_hash"] = w.hash * r * w.gen_hash * _real_and_revised_loss(out, y_lab, base_loss, gen, gate)

@@ -3,8 +3,9 @@
 Under ``torchrun`` each process holds a part of every batch.  A pairwise loss (DPSH, DSH, HashNet, ...) must
 see the pairs *between* the parts too, so :func:`global_batch_loss` all-gathers the hash outputs, labels and
 labeled mask of every process and evaluates the loss on the concatenation, as one process would on the whole
-batch (the idea of pytorch-metric-learning's ``DistributedLossWrapper``).  The rows of other processes come
-back detached; the local rows are the local tensors themselves, so the gradient reaches the local network.
+batch (the idea of pytorch-metric-learning's ``DistributedLossWrapper``); :func:`global_triplet_loss` does the
+same for CoopHash's (gated) triplet.  The rows of other processes come back detached; the local rows are the
+local tensors themselves, so the gradient reaches the local network.
 
 Scaling: every process computes the same global loss ``L`` and backpropagates ``∂L/∂(its rows)``; the trainer
 then *averages* gradients over the ``W`` processes (as DDP does).  The local rows' gradient is therefore
@@ -25,9 +26,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .base import HashOutput, LossOutput
+from .base import HashOutput, LossOutput, triplet_loss
 
-__all__ = ["world_size", "rank", "rank_share", "scale_grad", "all_gather_rows", "global_batch_loss"]
+__all__ = [
+    "world_size",
+    "rank",
+    "rank_share",
+    "scale_grad",
+    "all_gather_rows",
+    "global_batch_loss",
+    "global_triplet_loss",
+]
 
 
 def world_size() -> int:
@@ -120,3 +129,19 @@ def global_batch_loss(loss: Any, out: Any, labels: Tensor, labeled: Optional[Ten
     fields = dict(zip(names, gathered))
     g_out = HashOutput(fields.get("features"), fields["pre"], fields["u"], fields.get("logits"))
     return loss(g_out, gathered[-2], gathered[-1] > 0.5)
+
+
+def global_triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float, *,
+                        distance: str = "hamming", gate: Optional[Tensor] = None) -> Tensor:
+    """:func:`~coophash.losses.base.triplet_loss` over the triplets of every rank together (one process: the call).
+
+    The rows (and the gate) are gathered as in :func:`global_batch_loss`, so the mean — and the gated mean
+    ``Σ gate·hinge / Σ gate`` — runs over the global batch, and the gradients average to one process's.
+    """
+    w = world_size()
+    if w == 1:
+        return triplet_loss(anchor, positive, negative, margin, distance=distance, gate=gate)
+    parts = [anchor, positive, negative] + ([gate] if gate is not None else [])
+    gathered = all_gather_rows(parts, grad_scale=w)
+    g_gate = gathered[3] if gate is not None else None
+    return triplet_loss(gathered[0], gathered[1], gathered[2], margin, distance=distance, gate=g_gate)

@@ -19,7 +19,7 @@ from coophash.config import TrainConfig
 from coophash.data import HashDataset, Manifest
 from coophash.pipeline import gan as _gan  # noqa: F401  (registers the "fakereg" recipe)
 from coophash.pipeline.stages import RECIPES, Stage, StageResult, run_stages, stage_lock
-from coophash.train import distributed
+from coophash.train import distributed, runs
 from coophash.train.progress import ProgressFn
 
 __all__ = ["RECIPES", "Stage", "StageResult", "agree_on_run_dir", "plan", "run_stages", "stage_lock", "train"]
@@ -52,9 +52,9 @@ def agree_on_run_dir(run_dir: Path, ctx: distributed.DistContext) -> Path:
     """Rank 0's ``run_dir`` on every rank (one process: ``run_dir``).
 
     Each rank of ``torchrun -m coophash train`` numbers a new run folder of its own; rank 0's is the run's, and
-    another rank's, when it differs and is still empty, is removed.
+    another rank's, when it differs and is still empty, is removed (:func:`coophash.train.runs.discard_if_empty`).
     """
     main_dir = Path(distributed.broadcast_object(str(run_dir), ctx))
-    if main_dir != run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
+    if main_dir != run_dir:
+        runs.discard_if_empty(run_dir)
     return main_dir

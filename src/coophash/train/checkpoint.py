@@ -1,6 +1,7 @@
 """Checkpoints: everything needed to resume a run, in one safetensors file and without pickle.
 
-Layout of a checkpoint file (format version 1).  Tensors (all contiguous, none sharing memory):
+Layout of a checkpoint file (format version 2; version 1 is the same without the checksum).  Tensors (all
+contiguous, none sharing memory):
 
 * ``module/<name>/<key>``          -- ``module.state_dict()`` entries (parameters and persistent buffers);
 * ``module_extra/<name>/...``      -- tensors inside a module's non-tensor ``_extra_state`` (rare);

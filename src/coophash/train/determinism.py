@@ -9,6 +9,11 @@ given thread count, but their sums are split by thread, so the count changes the
 :func:`make_reproducible` fixes the count (``cfg.threads``, else torch's current count) and returns the
 config with it filled in, so the run folder records it and a rerun or resume uses it again.
 
+The count has to be set for numba too: numba's OpenMP threading layer shares torch's OpenMP runtime, and
+its first parallel Hamming search (the first validation) used to reset torch to numba's count (all
+cores), so ``threads: 1`` held only until the first evaluation; that is why ``OMP_NUM_THREADS=1`` alone
+did not make reruns identical either.
+
 On CUDA nothing is switched: several CUDA kernels have no deterministic form (docs/reliability.md).
 """
 from __future__ import annotations
@@ -17,6 +22,8 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
+
+from coophash.index import _kernels
 
 if TYPE_CHECKING:  # annotations only
     from coophash.config import TrainConfig
@@ -58,6 +65,8 @@ def make_reproducible(cfg: "TrainConfig") -> "TrainConfig":
     threads = int(cfg.threads) if cfg.threads is not None else torch.get_num_threads()
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    # numba's parallel launches set the shared OpenMP thread count to numba's own count: keep them equal
+    _kernels.set_numba_threads(min(threads, _kernels.max_numba_threads()))
     if device.type == "cpu":
         # warn_only: an op without a deterministic CPU kernel warns (UserWarning) instead of stopping the run
         torch.use_deterministic_algorithms(True, warn_only=True)

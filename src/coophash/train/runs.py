@@ -64,6 +64,7 @@ __all__ = [
     "read_run_config",
     "config_differences",
     "writer_lock",
+    "check_not_busy",
     "check_resume",
     "resume_metrics",
     "MetricsLogger",
@@ -311,6 +312,13 @@ def writer_lock(run_dir: PathLike) -> Iterator[Path]:
         fh.flush()
         remove_orphaned_temps(run_dir)
         yield run_dir  # closing the file releases the lock
+
+
+def check_not_busy(run_dir: PathLike) -> None:
+    """Raise :class:`RunFolderBusy` when another process holds the writer lock of ``run_dir`` (a quick look
+    before loading data; the writer takes the lock itself for as long as it writes)."""
+    with writer_lock(run_dir):
+        pass
 
 
 def check_resume(run_dir: PathLike, cfg: "TrainConfig", manifest: Manifest, dataset: HashDataset) -> None:

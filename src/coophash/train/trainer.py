@@ -27,7 +27,7 @@ from coophash.config import TrainConfig
 from coophash.data import HashDataset, Manifest, load_dataset, make_protocol
 from coophash.methods.base import DataInfo, Method, create_method
 from coophash.metrics import evaluate
-from coophash.train import distributed, runs
+from coophash.train import determinism, distributed, runs
 from coophash.train.augment import augment_batch
 from coophash.train.checkpoint import load_checkpoint, save_checkpoint
 from coophash.train.encoding import encode_indices
@@ -104,7 +104,7 @@ class Trainer:
         stage: str = "train",
     ) -> None:
         """Build the method for ``cfg`` (data from :func:`prepare_data` unless given); ``progress`` sees each step."""
-        self.cfg = cfg
+        self.cfg = cfg = determinism.make_reproducible(cfg)  # threads fixed (and recorded), deterministic CPU kernels
         self.run_dir = Path(run_dir)
         if dataset is None or manifest is None:
             dataset, manifest = prepare_data(cfg, dataset, manifest)

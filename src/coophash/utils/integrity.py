@@ -45,7 +45,7 @@ def seal(data: bytes, field: bytes, start: int = 0, end: Optional[int] = None) -
 
 
 def verify(data: bytes, field: bytes, digest: str, start: int = 0, end: Optional[int] = None) -> None:
-    """Raise IntegrityError unless ``digest`` (written after ``field`` in ``data[start:end]``) is the seal of ``data``."""
+    """Raise IntegrityError unless ``digest`` (after ``field`` in ``data[start:end]``) is the seal of ``data``."""
     if not isinstance(digest, str) or not _HEX64.match(digest):
         raise IntegrityError(f"the checksum {str(digest)[:70]!r} is not 64 hexadecimal digits (damaged)")
     pos = _find(data, field + digest.encode(), start, end) + len(field)
