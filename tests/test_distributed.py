@@ -264,6 +264,40 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid → (parent pid, state) of every process (from /proc)."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(stat.parent.name)] = (int(fields[1]), fields[0])
+    return out
+
+
+def _kill_tree(pid: int, timeout: float = 30.0) -> None:
+    """SIGKILL a process and every descendant (torchrun's workers may sit in sessions of their own), then wait
+    until none of them runs: a rank holds the run folder's lock until it is gone."""
+    procs = _processes()
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, _state) in procs.items():
+            if ppid == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(_processes().get(m, (0, "Z"))[1] != "Z" for m in tree - {pid}):
+        assert time.monotonic() < deadline, "torchrun's workers still alive after SIGKILL"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory):
     """A 2-rank torchrun run killed once its first checkpoint exists, then resumed to the end."""
@@ -275,7 +309,7 @@ def killed_and_resumed(tmp_path_factory):
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint after 60 s"
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
+    _kill_tree(proc.pid)
     proc.wait()
     folders = [p for p in out.iterdir() if p.is_dir()]
     assert len(folders) == 1, folders  # rank 1's own numbered folder was given up for rank 0's

@@ -5,7 +5,8 @@
 * Each file type the tool reads (checkpoint, code file, index, index labels, fakes file, config.yaml,
   manifest.json, metrics.jsonl) is truncated, has a byte flipped (one bit, or all eight, at every
   position of files up to 1 KB and at 500-odd positions of larger ones), is replaced by random bytes and
-  emptied: every case (11,681) must be refused with a one-line error naming the file.
+  emptied: every case (about 11,700; small files' sizes vary with paths and timings) must be refused
+  with a one-line error naming the file.
 * A write that fails with ENOSPC halfway leaves the last good checkpoint loadable and no temporary file,
   and the run resumes from it to the uninterrupted result.
 """

@@ -183,3 +183,17 @@ def test_gan_resume_refuses_options_that_would_change_the_run(tmp_path):
     assert "method_args" in r.output and "epochs (1 -> 3)" in r.output and "Traceback" not in r.output
     r = runner.invoke(cli, ["gan", "--resume", str(run), "--latent-dim", "8", "--epochs", "1", "--quiet"])
     assert r.exit_code == 0 and "wrote 16 fakes" in r.output, r.output  # the run's own values: accepted
+
+
+def test_the_trainer_checks_the_folder_too(run):
+    """Library callers get the same checks as the CLI: the config differs (beyond epochs, devices, threads and
+    evaluation/checkpoint intervals) or the manifest was damaged: refused before anything is loaded."""
+    from coophash.train.trainer import Trainer
+
+    cfg = runs.read_run_config(run)
+    with pytest.raises(ValueError, match=r"config\.yaml: cannot resume this run with another config \(lr: 0\.001"):
+        Trainer(cfg.replace(epochs=2, lr=0.01), run).fit(resume=True)
+    (run / runs.MANIFEST).write_bytes((run / runs.MANIFEST).read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"manifest\.json: not valid JSON"):
+        Trainer(cfg.replace(epochs=2, eval_batch_size=64), run).fit(resume=True)
+    assert _epochs(run) == [1]

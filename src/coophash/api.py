@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import coophash.pipeline as pipeline
-from coophash.config import TrainConfig, load_config
+from coophash.config import TrainConfig
 from coophash.data import HashDataset, Manifest
 from coophash.methods import DataInfo, Method, create_method
 from coophash.train import runs
@@ -31,7 +31,7 @@ def load_run(
     run_dir, ckpt = runs.resolve_run(run, root, which)
     if not ckpt.exists():
         raise FileNotFoundError(f"{run_dir}: no checkpoint ({runs.BEST} or {runs.LAST})")
-    cfg = load_config(run_dir / runs.CONFIG).replace(device=device)
+    cfg = runs.read_run_config(run_dir).replace(device=device)
     state = read_checkpoint_state(ckpt)
     if "data_info" not in state:
         raise ValueError(f"{ckpt}: checkpoint lacks data_info; was it written by coophash train?")

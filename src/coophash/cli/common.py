@@ -36,7 +36,6 @@ __all__ = [
     "parse_sets",
     "progress_bar",
     "read_images",
-    "read_run_config",
     "training_progress",
     "usage_fail",
 ]
@@ -219,21 +218,12 @@ class _Device(click.ParamType):
     name = "device"
 
     def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        """The checked value (a usage error, exit status 2, otherwise)."""
         opt = param.opts[0] if param is not None and param.opts else "--device"
         return check_device_name(str(value), opt)
 
 
 DEVICE = _Device()
-
-
-def read_run_config(run_dir: Path) -> Any:
-    """The resolved TrainConfig saved in a run folder, read strictly (a clear error when missing or broken)."""
-    from coophash.train import runs
-
-    try:
-        return runs.read_run_config(run_dir)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
 
 
 class _YamlValue(click.ParamType):

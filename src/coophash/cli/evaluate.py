@@ -18,6 +18,7 @@ class _Cutoff(click.ParamType):
     name = "all|N"
 
     def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        """The checked value (a usage error, exit status 2, otherwise)."""
         if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
             return None
         try:
@@ -35,6 +36,7 @@ class _PositiveInts(click.ParamType):
     name = "K,K,..."
 
     def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        """The checked value (a usage error, exit status 2, otherwise)."""
         if isinstance(value, tuple):
             return value
         try:

@@ -75,17 +75,21 @@ def train(config: Optional[str], method: Optional[str], loss: Optional[str], bac
 def _train(cfg: Any, run_dir: Any, resume: bool, quiet: bool) -> None:
     """Train ``cfg`` into ``run_dir`` through the pipeline and print the query results."""
     import coophash.pipeline as pipeline
+    from coophash.train import distributed
     from coophash.train.runs import RunFolderBusy
 
-    click.echo(f"run folder: {run_dir}")
-    progress = training_progress(cfg, quiet)
+    main_rank = distributed.launched_world()[0] == 0  # under torchrun only rank 0 talks
+    if main_rank:
+        click.echo(f"run folder: {run_dir}")
+    progress = training_progress(cfg, quiet or not main_rank)
     try:
         res = pipeline.train(cfg, run_dir, resume=resume, progress=progress).results
     except (ValueError, FileNotFoundError, RunFolderBusy) as exc:
         fail(str(exc))
     finally:
         progress.close()
-    click.echo(format_metrics(res))
+    if main_rank:
+        click.echo(format_metrics(res))
 
 
 def _resumed_config(run_dir: Any, flags: dict[str, Any], sets: tuple[str, ...],

@@ -46,7 +46,7 @@ def read_state_dict(path: str | PathLike[str]) -> dict[str, Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # unpickling errors come in several types
             raise ValueError(
-                f"{path}: cannot read as a torch.save state dict (weights_only=True): {error}"
+                f"{path}: cannot read as a torch.save state dict of tensors: {_reason(error)}"
             ) from error
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
@@ -64,6 +64,16 @@ def _listing(keys: list[str]) -> str:
     """A few keys, then how many more."""
     shown = ", ".join(keys[:_SHOWN])
     return shown + (f" (and {len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else "")
+
+
+def _reason(error: Exception) -> str:
+    """The useful line of a torch.load failure: what was refused, without torch's advice to unpickle anyway."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("WeightsUnpickler error:"):
+            return "refused by the safe loader (" + ln.split(":", 1)[1].strip().split(". ")[0] + ")"
+    keep = [ln for ln in lines if "weights_only" not in ln and "trust the source" not in ln]
+    return (keep or lines or [type(error).__name__])[0]
 
 
 def load_pretrained(

@@ -44,7 +44,7 @@ def check_device(name: str) -> torch.device:
                              f"{build}); use --device cpu")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:N with N < {count})")
     elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ValueError(f"device {name!r}: mps is not available on this machine; use --device cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
