@@ -119,10 +119,17 @@ def merge_config(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+# Shipped suites by name (one registry style, as for losses, backbones, methods and datasets): every
+# ``coophash/suites/<name>.yaml`` of the package; a suite file elsewhere is loaded by its path.
+SUITES: Registry[Any] = Registry("shipped suite")
+for _res in sorted((resources.files("coophash") / "suites").iterdir(), key=lambda r: r.name):
+    if _res.name.endswith(".yaml"):
+        SUITES.add(_res.name[: -len(".yaml")], _res)
+
+
 def shipped_suites() -> list[str]:
     """Names of the suites shipped with the package (``coophash/suites/<name>.yaml``)."""
-    folder = resources.files("coophash") / "suites"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return SUITES.names()
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
@@ -135,11 +142,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
         return parse_suite(path.read_text(encoding="utf-8"), str(path))
     if not _NAME.match(text_name):
         raise SuiteError(f"{text_name!r} is neither a suite file nor a shipped suite ({', '.join(shipped_suites())})")
-    res = resources.files("coophash") / "suites" / f"{text_name}.yaml"
-    if not res.is_file():
+    if text_name not in SUITES:
         raise SuiteError(f"no shipped suite {text_name!r}; shipped: {', '.join(shipped_suites())} "
                          f"(or give the path of a suite YAML file)")
-    return parse_suite(res.read_text(encoding="utf-8"), f"{text_name}.yaml")
+    return parse_suite(SUITES.get(text_name).read_text(encoding="utf-8"), f"{text_name}.yaml")
 
 
 def _need(ok: bool, source: str, where: str, expected: str, found: Any) -> None:
