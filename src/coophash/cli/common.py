@@ -19,6 +19,7 @@ import click
 import yaml
 
 __all__ = [
+    "run_options",
     "DEVICE",
     "METHOD_OPTION_PREFIX",
     "StageBars",
@@ -241,6 +242,27 @@ class _YamlValue(click.ParamType):
 
 
 _CLICK_TYPES: dict[type, Any] = {bool: click.BOOL, int: click.INT, float: click.FLOAT, str: click.STRING}
+
+
+def run_options(resume_help: str) -> Callable[[Callable], Callable]:
+    """The options every training command shares: --device, --threads, --out, --resume, --set, --quiet."""
+    options = [
+        click.option("--device", type=DEVICE, default=None,
+                     help="torch device, e.g. cpu or cuda (cuda:N for another GPU)."),
+        click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads."),
+        click.option("--out", default=None, help="Folder holding numbered run folders (default runs)."),
+        click.option("--resume", "resume", default=None, help=resume_help),
+        click.option("--set", "sets", multiple=True,
+                     help="Override any config field: KEY=VALUE or FIELD.KEY=VALUE."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+
+    def deco(func: Callable) -> Callable:
+        for opt in reversed(options):
+            func = opt(func)
+        return func
+
+    return deco
 
 
 def method_options(func: Callable) -> Callable:

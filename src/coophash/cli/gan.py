@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import click
 
-from coophash.cli.common import StageBars, build_config, fail, gan_postfix, parse_sets
+from coophash.cli.common import StageBars, build_config, fail, gan_postfix, parse_sets, run_options
 
 __all__ = ["gan"]
 
@@ -34,14 +34,8 @@ __all__ = ["gan"]
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 2e-4, betas 0.5, 0.999).")
 @click.option("--n-fakes", type=int, default=None, help="Fakes to write (default: as many as training images).")
 @click.option("--fakes-dtype", type=click.Choice(["uint8", "float16"]), default=None)
-@click.option("--device", default=None, help="torch device, e.g. cpu or cuda (cuda:N for another GPU).")
-@click.option("--threads", type=int, default=None, help="torch threads.")
-@click.option("--out", default=None, help="Folder holding numbered run folders (default runs).")
-@click.option("--resume", "resume",
-              help="Continue a killed GAN run (number, name or folder) with its own config: other options "
-                   "given must match it.")
-@click.option("--set", "sets", multiple=True, help="Override any config field: KEY=VALUE or FIELD.KEY=VALUE.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@run_options("Continue a killed GAN run (number, name or folder) with its own config: other options "
+             "given must match it.")
 def gan(dataset: Optional[str], image_size: Optional[int], channels: Optional[int], protocol: Optional[str],
         manifest: Optional[str], label_fraction: Optional[float], seed: Optional[int], epochs: Optional[int],
         batch_size: Optional[int], bits: Optional[int], latent_dim: Optional[int], width: Optional[int],

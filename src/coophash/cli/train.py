@@ -12,6 +12,7 @@ from coophash.cli.common import (
     method_args_from,
     method_options,
     parse_sets,
+    run_options,
     training_progress,
 )
 
@@ -33,14 +34,8 @@ __all__ = ["train"]
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--seed", type=int)
-@click.option("--device", help="torch device, e.g. cpu or cuda (cuda:N for another GPU).")
-@click.option("--threads", type=int, help="torch threads.")
-@click.option("--out", help="Folder holding numbered run folders (default runs).")
-@click.option("--resume", "resume",
-              help="Continue a killed run (number, name or folder) with its own config: other options given "
-                   "must match it (only --epochs may change, to train longer).")
-@click.option("--set", "sets", multiple=True, help="Override any config field: KEY=VALUE or FIELD.KEY=VALUE.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@run_options("Continue a killed run (number, name or folder) with its own config: other options given "
+             "must match it (only --epochs may change, to train longer).")
 def train(config: Optional[str], method: Optional[str], loss: Optional[str], backbone: Optional[str],
           bits: Optional[int], dataset: Optional[str], protocol: Optional[str], manifest: Optional[str],
           label_fraction: Optional[float], epochs: Optional[int], batch_size: Optional[int], lr: Optional[float],
