@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import yaml
 
-__all__ = ["TrainConfig", "load_config", "read_yaml_mapping", "seal_yaml"]
+__all__ = ["ADDED_DEFAULTS", "TrainConfig", "load_config", "read_yaml_mapping", "seal_yaml"]
 
 _SEAL_PREFIX = "# coophash-config sha256="
 _SEAL_LINE = re.compile(r"\A# coophash-config sha256=([0-9a-f]{64})\n")
@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU); false keeps float32 everywhere
     eval_every: int = 1  # epochs between validation evaluations (model selection)
+    train_map_every: int = 1  # epochs between training-sample mAP evaluations (over-fitting curves; 0: off)
     checkpoint_every: int = 50  # optimiser steps between 'last' checkpoints (a killed run resumes there)
     eval_batch_size: int = 128
     threads: Optional[int] = None  # torch.set_num_threads for the run (None: leave as is)
@@ -84,8 +85,8 @@ class TrainConfig:
         for name in self.fields():
             _typed(name, getattr(self, name), source)
         for name, low in (("bits", 1), ("epochs", 0), ("batch_size", 1), ("unlabeled_batch_size", 0), ("seed", 0),
-                          ("split_seed", 0), ("eval_every", 0), ("checkpoint_every", 0), ("eval_batch_size", 1),
-                          ("threads", 1), ("image_size", 1), ("channels", 1)):
+                          ("split_seed", 0), ("eval_every", 0), ("train_map_every", 0), ("checkpoint_every", 0),
+                          ("eval_batch_size", 1), ("threads", 1), ("image_size", 1), ("channels", 1)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise ValueError(f"{source}: {name} must be {'positive' if low == 1 else '>= 0'}, got {value}")
@@ -98,8 +99,12 @@ class TrainConfig:
             raise ValueError(f"{source}: augment must be none, shift or shift+flip, got {self.augment!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (YAML-safe)."""
-        return dataclasses.asdict(self)
+        """Plain dict (YAML-safe); fields of :data:`ADDED_DEFAULTS` at their default are left out."""
+        d = dataclasses.asdict(self)
+        for name, default in ADDED_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
+        return d
 
     def replace(self, **overrides: Any) -> "TrainConfig":
         """A copy with some fields replaced (None values are ignored)."""
@@ -120,6 +125,7 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "batch_size": ("int", False), "unlabeled_batch_size": ("int", False), "lr": ("float", False),
     "weight_decay": ("float", False), "augment": ("str", False), "seed": ("int", False), "split_seed": ("int", True),
     "device": ("str", False), "amp": ("bool", False), "eval_every": ("int", False),
+    "train_map_every": ("int", False),
     "checkpoint_every": ("int", False), "eval_batch_size": ("int", False), "threads": ("int", True),
     "out": ("str", False),
 }
@@ -127,7 +133,11 @@ _NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "
 # Fields every run config written by coophash holds (a run config missing one was cut short or damaged):
 # all but those added later (amp), so that run folders of earlier versions still resume.  Keys are
 # written sorted, so a cut loses at least the last one (weight_decay).
-_RUN_FIELDS = frozenset(_KINDS) - {"amp"}
+_RUN_FIELDS = frozenset(_KINDS) - {"amp", "train_map_every"}
+# Fields added after configs were hashed into cache keys (benchmark results, GAN stage folders) and written to
+# run folders: ``to_dict`` leaves them out while at their default, so every key, every ``config.yaml`` and
+# every comparison of configs stays as it was before the field existed.
+ADDED_DEFAULTS: dict[str, Any] = {"train_map_every": 1}
 
 
 def _typed(name: str, value: Any, source: str) -> Any:

@@ -26,7 +26,7 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 from torch import Tensor
 
-from coophash.utils.integrity import IntegrityError, read_safetensors, seal_safetensors
+from coophash.utils.integrity import CHECKSUM_KEY, IntegrityError, read_safetensors, seal_safetensors
 from coophash.utils.io import atomic_write_bytes
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "save_fakes",
     "save_image_grid",
     "to_uint8",
+    "update_fakes_meta",
 ]
 
 FAKES_FORMAT = "coophash-fakes"
@@ -130,6 +131,27 @@ def save_fakes(
     for k, v in (extra_meta or {}).items():
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
     return atomic_write_bytes(path, _seal(tensors, meta))
+
+
+def update_fakes_meta(path: PathLike, extra_meta: Mapping[str, object]) -> Path:
+    """Add or replace metadata entries of a fakes file, rewritten atomically with a new checksum.
+
+    The tensors are written back as read (bit-identical); the format entries cannot be changed this way.
+    """
+    p = Path(path)
+    meta, data = _read_verified(p)
+    try:
+        tensors = _st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise FakesError(f"{p}: unreadable fakes file (corrupted tensors): {exc}") from None
+    del data
+    fixed = {"format", "format_version", "channels", "height", "width", "count", "dtype", "conditional", CHECKSUM_KEY}
+    meta.pop(CHECKSUM_KEY, None)
+    for k, v in extra_meta.items():
+        if str(k) in fixed:
+            raise FakesError(f"{p}: metadata entry {k!r} describes the file's layout and cannot be changed")
+        meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
+    return atomic_write_bytes(p, _seal(tensors, meta))
 
 
 def _seal(tensors: dict[str, Tensor], meta: dict[str, str]) -> bytes:

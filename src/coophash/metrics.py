@@ -85,6 +85,7 @@ __all__ = [
     "precision_recall_curve",
     "precision_within_radius",
     "evaluate",
+    "frechet_distance",
 ]
 
 #: The cutoffs the hashing literature reports mAP at: all, 1000 and 5000.
@@ -586,3 +587,42 @@ def evaluate(
         "recall": [float(x) for x in recall],
     }
     return out
+
+
+# ----------------------------------------------------------------------------------------------- features
+
+
+def _feature_moments(feats: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, covariance with denominator n − 1) of a feature matrix (n, d), in float64."""
+    x = np.asarray(_to_numpy(feats), dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"{name} must be a (n >= 2, d) feature matrix, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} holds non-finite values")
+    return x.mean(axis=0), np.cov(x, rowvar=False, ddof=1).reshape(x.shape[1], x.shape[1])
+
+
+def _psd_sqrt(a: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a symmetric positive semi-definite matrix (negative round-off clipped)."""
+    w, v = np.linalg.eigh((a + a.T) / 2.0)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (n_a, d) and (n_b, d) (FID's formula).
+
+    ``||μa − μb||² + Tr(Σa + Σb − 2 (Σa Σb)^{1/2})``, with sample means and covariances (denominator n − 1).
+    ``Tr((Σa Σb)^{1/2})`` is computed as ``Tr((Σa^{1/2} Σb Σa^{1/2})^{1/2})`` (same eigenvalues, but a
+    symmetric matrix: real, stable eigendecompositions, no complex round-off); the result is clipped at 0.
+    """
+    mu_a, cov_a = _feature_moments(feats_a, "feats_a")
+    mu_b, cov_b = _feature_moments(feats_b, "feats_b")
+    if mu_a.shape != mu_b.shape:
+        raise ValueError(f"feature widths differ: {mu_a.shape[0]} vs {mu_b.shape[0]}")
+    root_a = _psd_sqrt(cov_a)
+    middle = root_a @ cov_b @ root_a
+    w = np.linalg.eigvalsh((middle + middle.T) / 2.0)
+    tr_cross = float(np.sqrt(np.clip(w, 0.0, None)).sum())
+    diff = mu_a - mu_b
+    value = float(diff @ diff) + float(np.trace(cov_a)) + float(np.trace(cov_b)) - 2.0 * tr_cross
+    return max(value, 0.0)
