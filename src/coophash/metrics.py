@@ -611,7 +611,8 @@ def _psd_sqrt(a: np.ndarray) -> np.ndarray:
 def frechet_distance(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (n_a, d) and (n_b, d) (FID's formula).
 
-    ``||μa − μb||² + Tr(Σa + Σb − 2 (Σa Σb)^{1/2})``, with sample means and covariances (denominator n − 1).
+    ``||μa − μb||² + Tr(Σa + Σb − 2 (Σa Σb)^{1/2})``, with sample means and covariances (denominator
+    n − 1).
     ``Tr((Σa Σb)^{1/2})`` is computed as ``Tr((Σa^{1/2} Σb Σa^{1/2})^{1/2})`` (same eigenvalues, but a
     symmetric matrix: real, stable eigendecompositions, no complex round-off); the result is clipped at 0.
     """

@@ -34,20 +34,28 @@ __all__ = ["gan"]
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 2e-4, betas 0.5, 0.999).")
 @click.option("--n-fakes", type=int, default=None, help="Fakes to write (default: as many as training images).")
 @click.option("--fakes-dtype", type=click.Choice(["uint8", "float16"]), default=None)
+@click.option("--no-quality", is_flag=True,
+              help="Skip the judge (a classifier trained on the real labeled images) that measures the fakes.")
+@click.option("--judge-epochs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Epochs of the judge (trained once per GAN folder, in its judge/ subfolder).")
 @run_options("Continue a killed GAN run (number, name or folder) with its own config: other options "
              "given must match it.")
 def gan(dataset: Optional[str], image_size: Optional[int], channels: Optional[int], protocol: Optional[str],
         manifest: Optional[str], label_fraction: Optional[float], seed: Optional[int], epochs: Optional[int],
         batch_size: Optional[int], bits: Optional[int], latent_dim: Optional[int], width: Optional[int],
         conditional: bool, lr: Optional[float], n_fakes: Optional[int], fakes_dtype: Optional[str],
-        device: Optional[str], threads: Optional[int], out: Optional[str], resume: Optional[str],
+        no_quality: bool, judge_epochs: int, device: Optional[str], threads: Optional[int], out: Optional[str],
+        resume: Optional[str],
         sets: tuple[str, ...], quiet: bool) -> None:
     """Stage 1 of fake-image regularised hashing: train a DCGAN, write fakes, a sample grid and loss curves.
 
     The run folder gets fakes.safetensors (for `coophash train --method fakereg --fakes FILE`),
-    samples.png, losses.png and metrics.jsonl (per-epoch discriminator and generator losses).
+    samples.png, losses.png and metrics.jsonl (per-epoch discriminator and generator losses); then (unless
+    --no-quality) a judge trained on the real labeled images rates the fakes: class coverage, mean
+    confidence and Fréchet distance of its features, kept in the fakes file and in quality.json.
     """
     from coophash.pipeline.gan import FAKES_FILE
+    from coophash.pipeline.gan_quality import format_quality
     from coophash.train import runs
 
     flags: dict[str, Any] = {
@@ -63,13 +71,15 @@ def gan(dataset: Optional[str], image_size: Optional[int], channels: Optional[in
             runs.check_not_busy(run_dir)  # at once, before any data is loaded
         except runs.RunFolderBusy as exc:
             fail(str(exc))
-        result = _train(gcfg, run_dir, quiet)
+        result = _train(gcfg, run_dir, quiet, not no_quality, judge_epochs)
     else:
         gcfg = _gan_config(build_config(None, flags, sets), gan_flags, 15 if epochs is None else epochs)
         with runs.fresh_run_dir(gcfg) as run_dir:  # removed again if the run fails before writing into it
-            result = _train(gcfg, run_dir, quiet)
+            result = _train(gcfg, run_dir, quiet, not no_quality, judge_epochs)
     click.echo(f"wrote {result.n_fakes} fakes to {result.fakes}")
     click.echo(f"sample grid: {result.samples}   loss curves: {result.losses}")
+    if result.quality is not None:
+        click.echo(f"quality (judge): {format_quality(result.quality)}")
     click.echo(f"next: coophash train --method fakereg --fakes {Path(run_dir) / FAKES_FILE} "
                f"--dataset {gcfg.dataset} --seed {gcfg.seed} --loss dpsh")
 
@@ -86,15 +96,16 @@ def _gan_config(base: Any, gan_flags: dict[str, Any], epochs: int) -> Any:
         fail(str(exc))
 
 
-def _train(gcfg: Any, run_dir: Path, quiet: bool) -> Any:
-    """Run the GAN stage of ``gcfg`` in ``run_dir`` (reused when done, resumed when killed)."""
+def _train(gcfg: Any, run_dir: Path, quiet: bool, quality: bool, judge_epochs: int) -> Any:
+    """Run the GAN stage of ``gcfg`` in ``run_dir`` (reused when done, resumed when killed), then its judge."""
     from coophash.pipeline.gan import train_gan
     from coophash.train.runs import RunFolderBusy
 
     click.echo(f"run folder: {run_dir}")
-    bars = None if quiet else StageBars(lambda p: "train gan", gan_postfix)
+    bars = None if quiet else StageBars(lambda p: "train judge" if p.stage == "judge" else "train gan",
+                                        lambda p: None if p.stage == "judge" else gan_postfix(p))
     try:
-        return train_gan(gcfg, run_dir, progress=bars)
+        return train_gan(gcfg, run_dir, progress=bars, quality=quality, judge_epochs=judge_epochs)
     except (ValueError, FileNotFoundError, RunFolderBusy) as exc:
         fail(str(exc))
     finally:

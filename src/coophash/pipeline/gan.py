@@ -4,7 +4,9 @@ The GAN stage trains the method ``gan`` (:mod:`coophash.methods.gan`) for the da
 writes beside its checkpoints ``fakes.safetensors`` (M fakes from the *last* generator, default M = number
 of training images), ``samples.png`` (a grid of 64 fakes) and ``losses.png`` (per-epoch D and G losses,
 which ``metrics.jsonl`` holds as ``discriminator/total`` and ``generator/total``).  The fakes file is
-written last, so that its presence means the stage is complete.
+written last, so that its presence means the stage is complete.  Then (unless ``quality=False``) a judge
+trained on the real labeled images in ``<run_dir>/judge/`` rates the fakes (:mod:`coophash.pipeline.gan_quality`):
+the figures go into the fakes file's metadata (rewritten with a new checksum, same tensors) and ``quality.json``.
 
 ``fakereg`` without a ``fakes`` file (and ``fake_weight > 0``) is planned as two stages: the GAN stage in
 ``gan_dir`` (default ``<cfg.out>/gans/<gan_key>``, a name derived from every setting that shapes the GAN,
@@ -13,6 +15,7 @@ Since every stage's trainer seeds itself, the result equals ``--fakes <that file
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,7 +32,8 @@ from coophash.fakes import plot_loss_curves, read_fakes_meta, save_image_grid
 from coophash.methods.base import parse_method_args
 from coophash.methods.fakereg import FakeRegHashing
 from coophash.methods.gan import GAN_ARG_NAMES, GanArgs, GanMethod, generate_fakes, write_fakes
-from coophash.pipeline.stages import RECIPES, Stage, derived_config, run_stages
+from coophash.pipeline.gan_quality import measure_fakes_quality, read_quality
+from coophash.pipeline.stages import RECIPES, Stage, derived_config, run_stages, stage_lock
 from coophash.train import runs
 from coophash.train.checkpoint import load_checkpoint
 from coophash.train.progress import ProgressFn
@@ -69,6 +73,7 @@ class GanRun:
     losses: Path
     n_fakes: int
     results: dict = field(default_factory=dict)
+    quality: Optional[dict] = None  # the judge's figures (:mod:`coophash.pipeline.gan_quality`), when measured
 
 
 def gan_config(cfg: TrainConfig, gan_args: dict[str, Any], epochs: int) -> TrainConfig:
@@ -103,8 +108,9 @@ def _train_split_sha1(train: Any) -> str:
     return hashlib.sha1(idx.tobytes()).hexdigest()
 
 
-def write_gan_outputs(trainer: Trainer) -> None:
-    """The GAN stage's ``after`` hook: sample grid and loss curves, then the fakes of the last generator."""
+def write_gan_outputs(trainer: Trainer, *, quality: bool = True, judge_epochs: int = 3) -> None:
+    """The GAN stage's ``after`` hook: sample grid and loss curves, then the fakes of the last generator, then
+    (``quality``) the judge's figures on them (a judge of ``judge_epochs`` epochs in ``<run_dir>/judge``)."""
     cfg, run_dir, method = trainer.cfg, trainer.run_dir, trainer.method
     if not isinstance(method, GanMethod):
         raise ValueError(f"the GAN stage needs a config with method 'gan', got {cfg.method!r}")
@@ -127,25 +133,39 @@ def write_gan_outputs(trainer: Trainer) -> None:
                     "train_split_sha1": _train_split_sha1(trainer.manifest.train)},
     )
     log.info("GAN stage done: %d fakes in %s", n, path)
+    if quality and not trainer.dist.enabled:  # the judge trains in one process (this hook runs on rank 0 only)
+        measure_fakes_quality(cfg, run_dir, path, dataset=trainer.ds, judge_epochs=judge_epochs)
 
 
-def gan_stage(gcfg: TrainConfig, run_dir: str | Path) -> Stage:
-    """The shared stage that trains the GAN of ``gcfg`` in ``run_dir`` (skipped once its fakes file exists)."""
+def gan_stage(gcfg: TrainConfig, run_dir: str | Path, *, quality: bool = True, judge_epochs: int = 3) -> Stage:
+    """The shared stage that trains the GAN of ``gcfg`` in ``run_dir`` (skipped once its fakes file exists);
+    ``quality``: its hook also measures the fakes with a judge of ``judge_epochs`` epochs."""
     if gcfg.method != "gan":
         raise ValueError(f"the GAN stage needs a config with method 'gan', got {gcfg.method!r}")
     run_dir = Path(run_dir)
-    return Stage("gan", gcfg, run_dir, outputs=(run_dir / FAKES_FILE,), after=write_gan_outputs)
+    after = functools.partial(write_gan_outputs, quality=quality, judge_epochs=judge_epochs)
+    return Stage("gan", gcfg, run_dir, outputs=(run_dir / FAKES_FILE,), after=after)
 
 
 def train_gan(cfg: TrainConfig, run_dir: str | Path, *, dataset: Optional[HashDataset] = None,
-              manifest: Optional[Manifest] = None, progress: Optional[ProgressFn] = None) -> GanRun:
-    """Run the GAN stage of ``cfg`` in ``run_dir`` (reused when done, resumed when killed); where its outputs are."""
-    st = gan_stage(cfg, run_dir)
+              manifest: Optional[Manifest] = None, progress: Optional[ProgressFn] = None,
+              quality: bool = True, judge_epochs: int = 3) -> GanRun:
+    """Run the GAN stage of ``cfg`` in ``run_dir`` (reused when done, resumed when killed); where its outputs are.
+
+    ``quality``: the judge's figures on the fakes (:mod:`coophash.pipeline.gan_quality`), measured once, also
+    for a reused GAN folder that has none yet (the GAN is never retrained for them).
+    """
+    st = gan_stage(cfg, run_dir, quality=quality, judge_epochs=judge_epochs)
     res = run_stages([st], dataset=dataset, manifest=manifest, progress=progress)[-1]
     fakes = st.run_dir / FAKES_FILE
+    figures = read_quality(st.run_dir) if quality else None
+    if quality and figures is None:
+        with stage_lock(st.run_dir):  # one process measures a shared folder
+            figures = measure_fakes_quality(cfg, st.run_dir, fakes, dataset=dataset, judge_epochs=judge_epochs,
+                                            progress=progress)
     return GanRun(run_dir=st.run_dir, fakes=fakes, samples=st.run_dir / SAMPLES_FILE,
                   losses=st.run_dir / LOSSES_FILE, n_fakes=int(read_fakes_meta(fakes)["count"]),
-                  results=res.results)
+                  results=res.results, quality=figures)
 
 
 def one_command_gan_dir(cfg: TrainConfig) -> tuple[Path, TrainConfig]:

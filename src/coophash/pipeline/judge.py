@@ -15,8 +15,9 @@ from coophash.methods.classifier import Classifier
 from coophash.pipeline.stages import Stage, derived_config, run_stages
 from coophash.train import runs
 from coophash.train.progress import ProgressFn
+from coophash.train.trainer import Trainer
 
-__all__ = ["judge_config", "train_judge"]
+__all__ = ["judge_config", "judge_config_in", "fit_judge", "train_judge"]
 
 
 def judge_config(cfg: TrainConfig, epochs: int = 3, seed: int = 0, backbone: str = "smallconv",
@@ -34,16 +35,30 @@ def judge_config(cfg: TrainConfig, epochs: int = 3, seed: int = 0, backbone: str
     )
 
 
-def train_judge(jcfg: TrainConfig, run_dir: str | Path, *, dataset: Optional[HashDataset] = None,
-                progress: Optional[ProgressFn] = None) -> Classifier:
-    """Train (or resume, or reload a finished) judge run in ``run_dir``; its classifier, in eval mode."""
+def judge_config_in(run_dir: str | Path, cfg: TrainConfig, epochs: int = 3) -> TrainConfig:
+    """The config of the judge run in ``run_dir``: its own when the folder has one (a judge is reused or
+    resumed as it was started), else :func:`judge_config` of ``cfg`` with ``epochs``."""
+    path = Path(run_dir) / runs.CONFIG
+    return runs.read_run_config(run_dir) if path.is_file() else judge_config(cfg, epochs=epochs)
+
+
+def fit_judge(jcfg: TrainConfig, run_dir: str | Path, *, dataset: Optional[HashDataset] = None,
+              progress: Optional[ProgressFn] = None) -> Trainer:
+    """Train (or resume, or reload a finished) judge run in ``run_dir``; its trainer (classifier in eval mode,
+    dataset and manifest of the split it learnt)."""
     if jcfg.method != "classifier":
         raise ValueError(f"the judge needs a config with method 'classifier', got {jcfg.method!r}")
     run_dir = Path(run_dir)
     stage = Stage("judge", jcfg, run_dir)
     res = run_stages([stage], dataset=dataset, resume=(run_dir / runs.LAST).exists(), progress=progress)[-1]
-    assert res.trainer is not None
-    judge = res.trainer.method
+    assert res.trainer is not None and isinstance(res.trainer.method, Classifier)
+    res.trainer.method.train(False)
+    return res.trainer
+
+
+def train_judge(jcfg: TrainConfig, run_dir: str | Path, *, dataset: Optional[HashDataset] = None,
+                progress: Optional[ProgressFn] = None) -> Classifier:
+    """Train (or resume, or reload a finished) judge run in ``run_dir``; its classifier, in eval mode."""
+    judge = fit_judge(jcfg, run_dir, dataset=dataset, progress=progress).method
     assert isinstance(judge, Classifier)
-    judge.train(False)
     return judge

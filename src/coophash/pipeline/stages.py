@@ -5,6 +5,11 @@ A stage that makes a product other runs share (a GAN's fakes file, under ``<out>
 (so that processes sharing an output folder, e.g. benchmark shards, train it once), resumed from its last
 checkpoint when there is one, and finished by its ``after`` hook, which writes the outputs.
 
+Each stage's time is its own: a stage's epochs are timed by its trainer (``seconds`` in its ``metrics.jsonl``),
+so the first epoch of the final stage never holds an earlier stage's time; a pipeline of several stages also
+writes ``stages.json`` beside the final stage's results (:data:`STAGES_FILE`: each stage's folder, its summed
+epoch seconds and the wall seconds this process spent on it).
+
 Under ``torchrun`` a stage trains on every rank (data-parallel); rank 0 alone takes the folder lock, decides
 whether a shared stage is done, and runs the ``after`` hook, while the other ranks wait for its word.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +29,16 @@ from coophash.data import HashDataset, Manifest
 from coophash.train import distributed, runs
 from coophash.train.progress import ProgressFn
 from coophash.train.trainer import Trainer
+from coophash.utils.io import atomic_write_text
 from coophash.utils.registry import Registry
 
-__all__ = ["RECIPES", "Stage", "StageResult", "derived_config", "run_stages", "stage_lock"]
+__all__ = ["RECIPES", "STAGES_FILE", "Stage", "StageResult", "derived_config", "run_stages", "stage_lock",
+           "stage_seconds"]
 
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
+STAGES_FILE = "stages.json"
 
 
 @dataclass
@@ -53,12 +62,18 @@ class Stage:
 
 @dataclass
 class StageResult:
-    """A finished stage: its trainer (method, data, manifest; None when skipped) and its query-split results."""
+    """A finished stage: its trainer (method, data, manifest; None when skipped) and its query-split results.
+
+    ``wall_seconds``: time this process spent on the stage (training and ``after`` hook; ~0 when skipped);
+    ``stage_seconds`` (on the last result of :func:`run_stages`): every stage's, see :func:`stage_seconds`.
+    """
 
     stage: Stage
     trainer: Optional[Trainer]
     results: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
+    wall_seconds: float = 0.0
+    stage_seconds: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # A recipe turns a config (of the method it is registered under) into its stages; methods without one
@@ -107,10 +122,30 @@ def run_stages(stages: list[Stage], *, dataset: Optional[HashDataset] = None,
     out: list[StageResult] = []
     for i, st in enumerate(stages):
         last = i == len(stages) - 1
+        t0 = time.perf_counter()
         if st.outputs:
             out.append(_run_shared(st, dataset, manifest if last else None, progress))
         else:
             out.append(_fit(st, dataset, manifest if last else None, resume and last, progress))
+        out[-1].wall_seconds = time.perf_counter() - t0
+    if out:
+        out[-1].stage_seconds = stage_seconds(out)
+        if len(out) > 1 and distributed.setup(out[-1].stage.cfg.device).is_main:
+            text = json.dumps(out[-1].stage_seconds, indent=2, sort_keys=True) + "\n"
+            atomic_write_text(out[-1].stage.run_dir / STAGES_FILE, text)
+    return out
+
+
+def stage_seconds(results: list[StageResult]) -> dict[str, dict[str, Any]]:
+    """Per stage name: its run folder, whether it was reused, the sum of its epochs' ``seconds`` (read from its
+    ``metrics.jsonl``: for a reused stage, what training it took) and this process's wall seconds on it."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in results:
+        path = r.stage.run_dir / runs.METRICS
+        records = runs.read_metrics(path) if path.is_file() else []
+        epochs = [float(x["seconds"]) for x in records if "seconds" in x and not x.get("final")]
+        out[r.stage.name] = {"run_dir": str(r.stage.run_dir), "skipped": r.skipped, "epochs": len(epochs),
+                             "train_seconds": sum(epochs), "wall_seconds": r.wall_seconds}
     return out
 
 

@@ -83,7 +83,8 @@ LOCK = ".writer.lock"
 
 # Config fields that may differ between a run and its resume: how long it trains, where it runs and how
 # often it evaluates or saves (a GAN folder shared by several runs is resumed by any of them).
-RESUME_FREE_FIELDS = ("epochs", "out", "threads", "device", "eval_batch_size", "checkpoint_every", "eval_every")
+RESUME_FREE_FIELDS = ("epochs", "out", "threads", "device", "eval_batch_size", "checkpoint_every", "eval_every",
+                      "train_map_every")
 
 _RUN_NAME = re.compile(r"^(\d+)(?:-|$)")
 

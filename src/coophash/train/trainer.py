@@ -3,7 +3,8 @@
 Run folder layout (see :mod:`coophash.train.runs`): ``config.yaml`` (resolved), ``manifest.json``,
 ``metrics.jsonl`` (one JSON record per epoch, plus ``final``), ``last.safetensors`` (written every
 ``checkpoint_every`` steps and at each epoch end), ``best.safetensors`` (best validation mAP@all),
-``results.json`` (the best checkpoint evaluated on the query split).
+``results.json`` (the best checkpoint evaluated on the query split), ``curves.png`` (training-sample and
+validation mAP per epoch: the over-fitting gap; see :func:`train_map_sample`).
 
 Under ``torchrun`` (several processes) each rank trains on its block of every batch, gradients are averaged
 over ranks phase by phase, and rank 0 alone writes the folder and evaluates (:mod:`coophash.train.distributed`).
@@ -27,6 +28,7 @@ from coophash.config import TrainConfig
 from coophash.data import HashDataset, Manifest, load_dataset, make_protocol
 from coophash.methods.base import DataInfo, Method, create_method
 from coophash.metrics import evaluate
+from coophash.plots import plot_map_curves
 from coophash.train import determinism, distributed, runs
 from coophash.train.augment import augment_batch
 from coophash.train.checkpoint import load_checkpoint, save_checkpoint
@@ -37,9 +39,16 @@ from coophash.train.sampler import StepSchedule
 from coophash.utils.io import atomic_write_text
 from coophash.utils.meter import RunningMeans
 
-__all__ = ["Trainer", "prepare_data", "encode_indices", "data_info", "seed_everything", "StepInfo"]
+__all__ = [
+    "CURVES", "TRAIN_MAP_SAMPLE", "Trainer", "prepare_data", "encode_indices", "data_info", "seed_everything",
+    "StepInfo", "train_map_sample",
+]
 
 log = logging.getLogger(__name__)
+
+CURVES = "curves.png"
+TRAIN_MAP_SAMPLE = 500  # labeled training images whose mAP is logged as ``train_map`` each epoch
+_TRAIN_MAP_SEED = 0x7A11  # mixed into the run seed: the sample's generator is apart from every training draw
 
 
 def seed_everything(seed: int) -> None:
@@ -80,6 +89,18 @@ def data_info(ds: HashDataset, manifest: Manifest) -> DataInfo:
     return DataInfo(
         n_classes=ds.n_classes, channels=c, image_size=h, n_train=len(manifest.train), multi_label=multi
     )
+
+
+def train_map_sample(manifest: Manifest, seed: int, size: int = TRAIN_MAP_SAMPLE) -> np.ndarray:
+    """The training images whose mAP is logged per epoch: up to ``size`` labeled ones (at most half the
+    training set, so that they have a database), sorted, drawn once per run by a NumPy Generator of its own
+    seeded from ``seed`` (the global generators, hence training, are untouched)."""
+    labeled = np.sort(np.asarray(manifest.labeled, dtype=np.int64))
+    n = min(int(size), len(labeled), len(manifest.train) // 2)
+    if n >= len(labeled):
+        return labeled
+    rng = np.random.default_rng([int(seed), _TRAIN_MAP_SEED])
+    return np.sort(rng.choice(labeled, size=n, replace=False))
 
 
 @dataclass
@@ -132,6 +153,7 @@ class Trainer:
         )
         self.labeled_mask = torch.zeros(len(dataset), dtype=torch.bool)
         self.labeled_mask[torch.from_numpy(np.array(manifest.labeled, dtype=np.int64))] = True
+        self.train_sample = train_map_sample(manifest, cfg.seed)
 
     # -- folder -------------------------------------------------------------------------------
     @property
@@ -278,6 +300,10 @@ class Trainer:
         database = np.array(
             self.manifest.validation_database if split == "validation" else self.manifest.database, dtype=np.int64
         )
+        return self._retrieval(queries, database, **metric_args)
+
+    def _retrieval(self, queries: np.ndarray, database: np.ndarray, **metric_args: Any) -> dict[str, Any]:
+        """Encode ``queries`` and ``database`` (in eval mode) and return their retrieval metrics."""
         self.method.train(False)
         try:
             q = encode_indices(self.method.encode, self.ds, queries, self.device, self.cfg.eval_batch_size)
@@ -287,6 +313,13 @@ class Trainer:
         ql = self.ds.labels[torch.from_numpy(queries)].numpy()
         dl = self.ds.labels[torch.from_numpy(database)].numpy()
         return evaluate(q, db, ql, dl, self.cfg.bits, **metric_args)
+
+    def training_map(self) -> float:
+        """mAP@all of :attr:`train_sample` retrieving from the training set minus itself (like validation
+        queries from the validation database), relevance from every image's true labels (also those withheld)."""
+        queries = self.train_sample
+        database = np.setdiff1d(np.asarray(self.manifest.train, dtype=np.int64), queries)
+        return self._retrieval(queries, database, topk=(), radius=2)["map@all"]
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, resume: bool = False, step_callback: Optional[Callable[[StepInfo], None]] = None) -> dict:
@@ -346,6 +379,8 @@ class Trainer:
                     state["best_epoch"] = epoch + 1
                     best_state = dict(state, epoch=epoch + 1, step_in_epoch=0, meter={}, meter_count=0)
                     self._save(self.best_path, best_state)
+            if self._train_map_due(epoch):
+                record["train_map"] = distributed.on_main(self.dist, self.training_map)
             logger.log(**record)
             epoch += 1
             state.update(epoch=epoch, step_in_epoch=0, meter={}, meter_count=0, epoch_seconds=0.0)
@@ -381,6 +416,16 @@ class Trainer:
         """Validation mAP@all, computed on rank 0 and given to every rank (so all select the same epoch)."""
         return distributed.on_main(self.dist, lambda: self.evaluate_split("validation", topk=(), radius=2)["map@all"])
 
+    def _train_map_due(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based, just finished) logs ``train_map`` (``cfg.train_map_every``; 0: never)."""
+        every = int(self.cfg.train_map_every)
+        return bool(every) and len(self.train_sample) > 0 and ((epoch + 1) % every == 0 or epoch + 1 == self.cfg.epochs)
+
+    def write_curves(self) -> Optional[Path]:
+        """``curves.png`` in the run folder: training-sample vs validation mAP per epoch (None: nothing to plot)."""
+        records = [r for r in runs.read_metrics(self.run_dir / runs.METRICS) if not r.get("final")]
+        return plot_map_curves(records, self.run_dir / CURVES, title=f"{self.cfg.method} ({self.stage})")
+
     def finish(self, logger: Any, state: dict[str, Any]) -> dict[str, Any]:
         """Evaluate the best checkpoint (or the last, with no validation) on the query split.
 
@@ -406,6 +451,7 @@ class Trainer:
         }
         logger.log(final=True, **{k: v for k, v in res_out.items() if not isinstance(v, dict)})
         atomic_write_text(self.run_dir / "results.json", json.dumps(res_out, indent=2, sort_keys=True) + "\n")
+        self.write_curves()
         return res_out
 
     def _load_weights_only(self, path: Path) -> None:
