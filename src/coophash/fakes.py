@@ -133,18 +133,22 @@ def save_fakes(
     return atomic_write_bytes(path, _seal(tensors, meta))
 
 
+def _read_tensors(p: Path) -> tuple[dict, dict]:
+    """Metadata and tensors of a fakes file whose checksum has been verified."""
+    meta, data = _read_verified(p)
+    try:
+        return meta, _st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise FakesError(f"{p}: unreadable fakes file (corrupted tensors): {exc}") from None
+
+
 def update_fakes_meta(path: PathLike, extra_meta: Mapping[str, object]) -> Path:
     """Add or replace metadata entries of a fakes file, rewritten atomically with a new checksum.
 
     The tensors are written back as read (bit-identical); the format entries cannot be changed this way.
     """
     p = Path(path)
-    meta, data = _read_verified(p)
-    try:
-        tensors = _st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise FakesError(f"{p}: unreadable fakes file (corrupted tensors): {exc}") from None
-    del data
+    meta, tensors = _read_tensors(p)
     fixed = {"format", "format_version", "channels", "height", "width", "count", "dtype", "conditional", CHECKSUM_KEY}
     meta.pop(CHECKSUM_KEY, None)
     for k, v in extra_meta.items():
@@ -194,12 +198,7 @@ def load_fakes(
 ) -> Fakes:
     """Read a fakes file; with ``channels``/``image_size`` given, a mismatch raises :class:`FakesError`."""
     p = Path(path)
-    meta, data = _read_verified(p)
-    try:
-        tensors = _st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise FakesError(f"{p}: unreadable fakes file (corrupted tensors): {exc}") from None
-    del data
+    meta, tensors = _read_tensors(p)
     if "images" not in tensors:
         raise FakesError(f"{p}: fakes file holds no 'images' tensor (keys: {sorted(tensors)})")
     images = tensors["images"]

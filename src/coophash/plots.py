@@ -24,13 +24,7 @@ def plot_pr_curve(curves: Mapping[str, Mapping[str, list]], path: str | Path, ti
     ax.grid(alpha=0.3)
     ax.set_title(title or "precision-recall over Hamming radius")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(path)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return _save_figure(fig, path)
 
 
 def plot_map_curves(records: Sequence[Mapping], path: str | Path, title: str = "") -> Optional[Path]:
@@ -58,6 +52,13 @@ def plot_map_curves(records: Sequence[Mapping], path: str | Path, title: str = "
     ax.grid(alpha=0.3)
     ax.set_title(title or "train vs validation mAP")
     ax.legend(fontsize=7)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    """Write a figure to ``path`` atomically (a temporary file renamed into place) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(path)
     tmp = out.with_name(out.name + ".tmp.png")
