@@ -130,6 +130,8 @@ def session(device: str | torch.device) -> Iterator[DistContext]:
     ctx = setup(device)
     try:
         yield ctx
+        if created and dist.is_initialized():
+            dist.barrier()  # every rank done with every collective before any tears its group down
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()
