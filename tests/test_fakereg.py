@@ -8,7 +8,6 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from coophash.cli import cli
-from coophash.config import TrainConfig
 from coophash.fakes import FakesError, load_fakes, read_fakes_meta, save_fakes
 from coophash.losses.entropy import (
     MaxEntropyLoss,
@@ -29,7 +28,7 @@ from coophash.train import runs
 from coophash.train.trainer import Trainer, prepare_data
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY_PROTOCOL = {"query_per_class": 10, "val_per_class": 10}
+from conftest import tiny_base_cfg  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ entropy losses
@@ -190,11 +189,7 @@ def test_fakes_roundtrip_and_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ GAN stage
-def _base_cfg(tmp_path, **kw):
-    d = {"dataset": "digits", "protocol_args": TINY_PROTOCOL, "bits": 16, "epochs": 1, "batch_size": 64, "seed": 3,
-         "label_fraction": 0.5, "out": str(tmp_path), "checkpoint_every": 1000}
-    d.update(kw)
-    return TrainConfig.from_dict(d)
+_base_cfg = tiny_base_cfg
 
 
 @pytest.fixture(scope="module")

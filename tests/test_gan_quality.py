@@ -8,7 +8,6 @@ import torch
 from click.testing import CliRunner
 
 from coophash.cli import cli
-from coophash.config import TrainConfig
 from coophash.fakes import FakesError, load_fakes, read_fakes_meta, save_fakes, update_fakes_meta
 from coophash.metrics import frechet_distance
 from coophash.pipeline.gan import FAKES_FILE, gan_config, train_gan
@@ -22,7 +21,7 @@ from coophash.pipeline.gan_quality import (
 from coophash.pipeline.judge import fit_judge, judge_config
 from coophash.train import runs
 
-TINY_PROTOCOL = {"query_per_class": 10, "val_per_class": 10}
+from conftest import tiny_base_cfg  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ Fréchet distance
@@ -89,11 +88,7 @@ def test_frechet_distance_rejects_bad_inputs():
 
 
 # ------------------------------------------------------------------------------------------ tiny GANs + judge
-def _base_cfg(tmp_path, **kw):
-    d = {"dataset": "digits", "protocol_args": TINY_PROTOCOL, "bits": 16, "epochs": 1, "batch_size": 64, "seed": 3,
-         "label_fraction": 0.5, "out": str(tmp_path), "checkpoint_every": 1000}
-    d.update(kw)
-    return TrainConfig.from_dict(d)
+_base_cfg = tiny_base_cfg
 
 
 @pytest.fixture(scope="module")
