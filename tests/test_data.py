@@ -538,7 +538,7 @@ def test_registry():
 
 
 def test_dataset_transform_hook():
-    """A dataset applies the callable it is given to each item (augmentation itself lives in train/augment.py)."""
+    """A dataset applies the callable it is given to each item (augmentation itself lives in data/augment.py)."""
     ds = _tiny(shape=(1, 8, 8)).with_transform(functools.partial(torch.flip, dims=(-1,)))
     assert torch.equal(ds[0][0], _tiny(shape=(1, 8, 8))[0][0].flip(-1))
 

@@ -16,6 +16,7 @@ import coophash.pipeline as pipeline
 from coophash.config import TrainConfig
 from coophash.data import HashDataset, Manifest
 from coophash.methods import DataInfo, Method, create_method
+from coophash.methods.base import apply_method_defaults
 from coophash.train import runs
 from coophash.train.checkpoint import load_checkpoint, read_checkpoint_state
 from coophash.train.encoding import encode_images
@@ -51,7 +52,7 @@ class Hasher:
         method: str = "supervised",
         bits: int = 32,
         loss: str = "dpsh",
-        backbone: str = "smallconv",
+        backbone: Optional[str] = None,
         epochs: int = 15,
         label_fraction: float = 1.0,
         seed: int = 0,
@@ -71,21 +72,11 @@ class Hasher:
         self.config = config
 
     def _config(self, dataset_name: str) -> TrainConfig:
-        return TrainConfig.from_dict(
-            dict(
-                method=self.method,
-                bits=self.bits,
-                loss=self.loss,
-                backbone=self.backbone,
-                epochs=self.epochs,
-                label_fraction=self.label_fraction,
-                seed=self.seed,
-                device=self.device,
-                dataset=dataset_name,
-                **self.config,
-            ),
-            "Hasher",
-        )
+        data = dict(method=self.method, bits=self.bits, loss=self.loss, epochs=self.epochs,
+                    label_fraction=self.label_fraction, seed=self.seed, device=self.device, dataset=dataset_name,
+                    **({} if self.backbone is None else {"backbone": self.backbone}), **self.config)
+        data = apply_method_defaults({**TrainConfig().to_dict(), **data}, set(data) - {"method"})
+        return TrainConfig.from_dict(data, "Hasher")
 
     def fit(self, dataset: HashDataset, manifest: Optional[Manifest] = None) -> "Hasher":
         """Train on ``dataset`` under ``manifest``.

@@ -138,6 +138,7 @@ def build_config(config: Optional[str], flags: dict[str, Any], sets: Sequence[st
     names (method, loss, backbone, dataset, protocol) and the device are checked by :func:`check_config`.
     """
     from coophash.config import TrainConfig, load_config
+    from coophash.methods.base import apply_method_defaults
 
     try:
         cfg = load_config(config) if config else TrainConfig()
@@ -155,11 +156,20 @@ def build_config(config: Optional[str], flags: dict[str, Any], sets: Sequence[st
     _checked(data, "--set", None)
     if method_args:
         data["method_args"] = {**data["method_args"], **method_args}
+    given = set(parsed) | {k for k, v in flags.items() if v is not None} | (_file_keys(config) if config else set())
+    data = apply_method_defaults(data, given)  # the method's recipe for every field the user left open
     cfg = _checked(data, "command line", None)
     origin = {**{k: f"{config}: {k}" for k in data if config}, **{k: f"--set {k}" for k in parsed},
               **{k: "--" + k.replace("_", "-") for k, v in flags.items() if v is not None}}
     check_config(cfg, origin)
     return cfg
+
+
+def _file_keys(config: str) -> set[str]:
+    """The fields a config file sets (already read successfully once by :func:`build_config`)."""
+    from coophash.config import read_yaml_mapping
+
+    return set(read_yaml_mapping(config))
 
 
 def _checked(data: dict[str, Any], source: str, option: Optional[str]) -> Any:

@@ -9,5 +9,6 @@ from coophash.methods import coophash as _coophash  # noqa: F401,E402  (register
 from coophash.methods import gan as _gan  # noqa: F401,E402  (registers "gan")
 from coophash.methods import fakereg as _fakereg  # noqa: F401,E402  (registers "fakereg")
 from coophash.methods import classifier as _classifier  # noqa: F401,E402  (registers "classifier")
+from coophash.methods import semi as _semi  # noqa: F401,E402  (registers "semi")
 
 __all__ = ["METHODS", "DataInfo", "Method", "create_method", "list_methods", "register_method"]

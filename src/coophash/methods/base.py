@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -17,7 +17,9 @@ from coophash.methods.phases import Phase
 from coophash.nets import create_hashing_net
 from coophash.utils.registry import Registry, UnknownName
 
-__all__ = ["Method", "DataInfo", "METHODS", "register_method", "create_method", "list_methods"]
+__all__ = [
+    "Method", "DataInfo", "METHODS", "register_method", "create_method", "list_methods", "apply_method_defaults",
+]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class Method:
     # A dataclass of the method's own hyperparameters (read from ``cfg.method_args``); the CLI turns each
     # field into a ``--field-name`` option of ``coophash train``, documented by ``field(metadata={"help": ..})``.
     Args: Optional[type] = None
+    # TrainConfig fields this method is best run with (its validated recipe), applied by the CLI and the API
+    # to every field the user did not set (e.g. a batch of unlabeled images for a semi-supervised method).
+    config_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device) -> None:
         self.cfg = cfg
@@ -113,6 +118,18 @@ def create_method(cfg: TrainConfig, info: DataInfo, device: torch.device) -> Met
 def list_methods() -> list[str]:
     """Registered method names."""
     return METHODS.names()
+
+
+def apply_method_defaults(data: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """``data`` (a config dict) with the ``config_defaults`` of its method filled into fields not in ``given``.
+
+    An unknown method name leaves ``data`` as it is (the config check reports it).
+    """
+    try:
+        cls = METHODS.get(str(data.get("method", "supervised")))
+    except UnknownName:
+        return data
+    return {**data, **{k: v for k, v in cls.config_defaults.items() if k not in given}}
 
 
 def parse_method_args(cls: type[Method], values: dict[str, Any]) -> Any:

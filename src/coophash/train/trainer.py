@@ -30,7 +30,7 @@ from coophash.methods.base import DataInfo, Method, create_method
 from coophash.metrics import evaluate
 from coophash.plots import plot_map_curves
 from coophash.train import determinism, distributed, runs
-from coophash.train.augment import augment_batch
+from coophash.data.augment import augment_batch
 from coophash.train.checkpoint import load_checkpoint, save_checkpoint
 from coophash.train.encoding import encode_indices
 from coophash.methods.phases import TrainingDiverged

@@ -1,0 +1,197 @@
+"""Pseudo-label consistency (losses/semi.py), strong augmentation, the ``semi`` method and method defaults."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from coophash.api import Hasher
+from coophash.config import TrainConfig
+from coophash.data.augment import cutout, random_affine, strong_augment
+from coophash.losses.semi import consistency_loss, pseudo_labels
+from coophash.methods import METHODS, DataInfo, create_method
+from coophash.methods.base import apply_method_defaults
+
+
+# -- formulas against slow references -------------------------------------------------------------
+def _ref_pseudo(logits, tau, multi):
+    targets, sure = [], []
+    for row in logits.tolist():
+        if multi:
+            p = [1 / (1 + math.exp(-v)) for v in row]
+            t = [1.0 if q >= 0.5 else 0.0 for q in p]
+            ok = all(max(q, 1 - q) >= tau for q in p) and sum(t) > 0
+        else:
+            m = max(row)
+            e = [math.exp(v - m) for v in row]
+            p = [v / sum(e) for v in e]
+            c = max(range(len(p)), key=lambda k: p[k])
+            t = [1.0 if k == c else 0.0 for k in range(len(p))]
+            ok = p[c] >= tau
+        targets.append(t)
+        sure.append(ok)
+    return torch.tensor(targets), torch.tensor(sure)
+
+
+def _ref_consistency(logits, targets, sure, multi):
+    total = 0.0
+    for row, t, s in zip(logits.tolist(), targets.tolist(), sure.tolist()):
+        if not s:
+            continue
+        if multi:
+            h = 0.0
+            for v, y in zip(row, t):
+                p = 1 / (1 + math.exp(-v))
+                h -= y * math.log(p) + (1 - y) * math.log(1 - p)
+            total += h / len(row)
+        else:
+            m = max(row)
+            lse = m + math.log(sum(math.exp(v - m) for v in row))
+            total += lse - row[t.index(1.0)]
+    return total / len(logits)
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("tau", [0.0, 0.6, 0.95])
+def test_pseudo_labels_and_consistency_match_their_formulas(multi, tau):
+    g = torch.Generator().manual_seed(3)
+    weak = torch.randn(12, 5, generator=g, dtype=torch.float64) * 3
+    strong = torch.randn(12, 5, generator=g, dtype=torch.float64) * 2
+    targets, sure = pseudo_labels(weak, tau, multi)
+    ref_t, ref_s = _ref_pseudo(weak, tau, multi)
+    assert torch.equal(targets, ref_t.float()) and torch.equal(sure, ref_s)
+    loss = consistency_loss(strong, targets.double(), sure, multi)
+    assert float(loss) == pytest.approx(_ref_consistency(strong, targets, sure, multi), rel=1e-9, abs=1e-12)
+
+
+def test_consistency_is_normalised_by_all_rows_and_sends_no_gradient_through_unconfident_rows():
+    logits = torch.randn(6, 4, requires_grad=True)
+    targets = torch.eye(4)[[0, 1, 2, 3, 0, 1]]
+    sure = torch.tensor([True, False, True, False, False, False])
+    loss = consistency_loss(logits, targets, sure, False)
+    loss.backward()
+    assert logits.grad[~sure].abs().sum() == 0 and logits.grad[sure].abs().sum() > 0
+    both = consistency_loss(logits.detach(), targets, torch.ones(6, dtype=torch.bool), False)
+    assert float(loss.detach()) < float(both)  # (1/N) over all six rows, not over the two confident ones
+
+
+def test_pseudo_labels_reject_bad_input():
+    with pytest.raises(ValueError, match="threshold"):
+        pseudo_labels(torch.zeros(2, 3), 1.5, False)
+    with pytest.raises(ValueError, match=r"\(N, C\)"):
+        pseudo_labels(torch.zeros(3), 0.5, False)
+    with pytest.raises(ValueError, match="do not match"):
+        consistency_loss(torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, dtype=torch.bool), False)
+
+
+# -- strong augmentation ----------------------------------------------------------------------------
+def test_strong_augment_keeps_shape_range_and_background_and_follows_the_seed():
+    x = torch.full((8, 1, 28, 28), -1.0)
+    x[:, :, 9:19, 9:19] = 1.0
+    torch.manual_seed(0)
+    a = strong_augment(x)
+    torch.manual_seed(0)
+    b = strong_augment(x)
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert float(a.min()) >= -1.0 - 1e-6 and float(a.max()) <= 1.0 + 1e-6
+    assert float(a[:, :, 0, 0].max()) == pytest.approx(-1.0)  # corners stay background
+    assert not torch.equal(a, x) and not torch.equal(a[0], a[1])  # per-image parameters
+
+
+def test_identity_affine_and_cutout_geometry():
+    x = torch.rand(3, 2, 16, 16) * 2 - 1
+    same = random_affine(x, degrees=0.0, translate=0.0, scale=(1.0, 1.0), shear=0.0)
+    assert torch.allclose(same, x, atol=1e-5)
+    out = cutout(x, size=0.25)
+    changed = (out != x).any(dim=1)  # (n, h, w)
+    for i in range(3):
+        rows = changed[i].any(dim=1).nonzero().flatten()
+        cols = changed[i].any(dim=0).nonzero().flatten()
+        assert len(rows) <= 4 and len(cols) <= 4  # one square of side 4 (clipped at the border)
+        assert torch.all(out[i][:, changed[i]] == -1.0)
+
+
+# -- the method -------------------------------------------------------------------------------------
+def _method(**args):
+    cfg = TrainConfig(method="semi", bits=16, unlabeled_batch_size=8, method_args=args)
+    return create_method(cfg, DataInfo(n_classes=4, channels=1, image_size=8, n_train=64), torch.device("cpu"))
+
+
+def _ctx(n_lab=6, n_unl=8):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n_lab + n_unl, 1, 8, 8, generator=g) * 2 - 1
+    y = torch.eye(4)[torch.randint(0, 4, (n_lab + n_unl,), generator=g)]
+    lab = torch.zeros(n_lab + n_unl, dtype=torch.bool)
+    lab[:n_lab] = True
+    return {"x": x[:n_lab], "y": y[:n_lab], "labeled": lab[:n_lab], "x_all": x, "y_all": y, "labeled_all": lab}
+
+
+def test_semi_step_uses_confident_pseudo_labels_only():
+    torch.manual_seed(0)
+    m = _method(semi_threshold=0.0)  # every unlabeled row is confident
+    out = m.phases()[0].fn(_ctx())
+    assert float(out.terms["diag_mask_rate"]) == 1.0 and float(out.terms["consistency"]) > 0
+    torch.manual_seed(0)
+    m = _method(semi_threshold=1.0)  # none is
+    out = m.phases()[0].fn(_ctx())
+    assert float(out.terms["diag_mask_rate"]) == 0.0 and float(out.terms["consistency"]) == 0.0
+
+
+def test_semi_without_pseudo_hash_gives_the_labeled_base_loss():
+    torch.manual_seed(1)
+    m = _method(semi_threshold=0.0, semi_pseudo_hash=False, semi_weight=0.0, semi_cls_weight=0.0)
+    ctx = _ctx()
+    torch.manual_seed(2)
+    total = float(m.phases()[0].fn(ctx).total)
+    m.net.eval()  # compare without batch-norm's batch statistics: recompute both ways in eval mode
+    torch.manual_seed(2)
+    total_eval = float(m.phases()[0].fn(ctx).total)
+    ref = float(m.loss(m.net(ctx["x"]), ctx["y"], ctx["labeled"]).total)
+    assert total_eval == pytest.approx(ref, rel=1e-5)
+    assert math.isfinite(total)
+
+
+def test_semi_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="semi_threshold"):
+        _method(semi_threshold=2.0)
+    with pytest.raises(ValueError, match="semi_weight"):
+        _method(semi_weight=-1.0)
+
+
+# -- method defaults (the recipe a user gets by typing the plain command) ---------------------------
+def test_method_defaults_fill_only_fields_the_user_left_open():
+    base = TrainConfig(method="semi").to_dict()
+    assert apply_method_defaults(base, set())["unlabeled_batch_size"] == METHODS["semi"].config_defaults[
+        "unlabeled_batch_size"] > 0
+    assert apply_method_defaults(base, {"unlabeled_batch_size"})["unlabeled_batch_size"] == 0
+    sup = TrainConfig().to_dict()
+    assert apply_method_defaults(sup, set()) == sup
+    assert apply_method_defaults({**sup, "method": "nope"}, set())["method"] == "nope"
+
+
+def test_cli_and_api_apply_the_method_defaults(tmp_path):
+    from coophash.cli.common import build_config
+
+    cfg = build_config(None, {"method": "semi"}, [])
+    assert cfg.unlabeled_batch_size == 64
+    cfg = build_config(None, {"method": "semi", "unlabeled_batch_size": 16}, [])
+    assert cfg.unlabeled_batch_size == 16
+    cfg = build_config(None, {"method": "semi"}, ["unlabeled_batch_size=8"])
+    assert cfg.unlabeled_batch_size == 8
+    path = tmp_path / "c.yaml"
+    path.write_text("method: semi\nunlabeled_batch_size: 0\n")
+    assert build_config(str(path), {}, []).unlabeled_batch_size == 0
+    path.write_text("method: semi\n")
+    assert build_config(str(path), {}, []).unlabeled_batch_size == 64
+    assert Hasher(method="semi")._config("digits").unlabeled_batch_size == 64
+    assert Hasher(method="semi", unlabeled_batch_size=4)._config("digits").unlabeled_batch_size == 4
+    assert Hasher()._config("digits").backbone == "smallconv"
+
+
+def test_semi_is_listed_by_the_cli():
+    from coophash.cli import cli
+
+    res = CliRunner().invoke(cli, ["train", "--help"])
+    assert res.exit_code == 0 and "--semi-threshold" in res.output
