@@ -404,3 +404,171 @@ def test_args_become_the_objective_weights():
     assert w.triplet_margin == 8.0 and w.gamma == 0.03 and w.triplet == 1.0 and w.gen_hash == 0.0
     cfg = TrainConfig(method="coophash", bits=16, method_args={"coop_no_triplet": True})
     assert create_method(cfg, info, torch.device("cpu")).weights.triplet == 0.0
+
+
+# -- JEM's tied density, the EMA gate, the replay buffer, pseudo-labels (issue 11) ------------------------------
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["single", "multi"])
+def test_tied_descriptor_density_energy_and_gradient_scale(multi):
+    from coophash.nets.descriptor import log_p_y_given_x, tied_density
+
+    torch.manual_seed(0)
+    d = MultipurposeDescriptor(1, 8, nbits=8, n_classes=4, multi_label=multi, density="tied")
+    x = torch.rand(5, 1, 8, 8) * 2 - 1
+    y = torch.eye(4)[torch.tensor([0, 1, 2, 3, 1])]
+    if multi:
+        y[4, 3] = 1.0
+    out = d(x)
+    torch.testing.assert_close(out.f, tied_density(out.logits, multi))
+    torch.testing.assert_close(d.density(x), out.f)
+    torch.testing.assert_close(d.energy(x), out.f)
+    torch.testing.assert_close(d.energy(x, y), out.f + log_p_y_given_x(out.logits, y, multi))  # = l_y(x)
+    torch.testing.assert_close(d.energy(x, y), (out.logits * y).sum(1))
+    grads = {}
+    for scale in (1.0, 0.1):
+        d.zero_grad(set_to_none=True)
+        d(x, density_grad_scale=scale).f.sum().backward()
+        grads[scale] = {n: p.grad.clone() for n, p in d.named_parameters() if p.grad is not None}
+        assert all(p.grad is None for p in d.density_head.parameters())  # the separate head is unused
+    for n, g in grads[1.0].items():  # the trunk's gradient scaled, the category head's (its own weights) not
+        want = g if n.startswith("category_head") else 0.1 * g
+        torch.testing.assert_close(grads[0.1][n], want, msg=n)
+    assert any(n.startswith("trunk") for n in grads[1.0]) and any(n.startswith("category_head") for n in grads[1.0])
+    with pytest.raises(ValueError, match="density"):
+        MultipurposeDescriptor(1, 8, nbits=8, n_classes=4, density="joint")
+
+
+def test_category_ema_averages_parameters_and_copies_buffers():
+    from coophash.nets.descriptor import CategoryEMA
+
+    torch.manual_seed(0)
+    d = MultipurposeDescriptor(1, 8, nbits=8, n_classes=4, spectral_norm=True)
+    ema = CategoryEMA(d)
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    d.eval(), ema.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ema(x), d(x).logits)
+        before = [p.clone() for p in ema.parameters()]
+        for p in list(d.trunk.parameters()) + list(d.category_head.parameters()):
+            p.add_(torch.randn_like(p))
+    d.train()
+    d(x)  # a training forward moves spectral norm's power-iteration vectors
+    ema.update(d, 0.9)
+    theirs = list(d.trunk.parameters()) + list(d.category_head.parameters())
+    for b, p, q in zip(before, ema.parameters(), theirs):
+        torch.testing.assert_close(p, 0.9 * b + 0.1 * q)
+    bufs = list(d.trunk.buffers())
+    assert bufs and all(torch.equal(a, b) for a, b in zip(ema.trunk.buffers(), bufs))
+    ema.update(d, 0.0)
+    d.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ema(x), d(x).logits)
+
+
+def test_replay_buffer_fills_then_draws_distinct_slots():
+    from coophash.methods.replay import ReplayBuffer
+
+    torch.manual_seed(0)
+    buf = ReplayBuffer(5, 1, 4, 3)
+    assert set(buf.state_dict()) == {"images", "labels", "filled"}
+    d = buf.draw(3, 0.0)
+    assert d.slots.tolist() == [0, 1, 2] and d.fresh.all()
+    buf.write(d.slots, torch.full((3, 1, 4, 4), 0.5), torch.eye(3))
+    d = buf.draw(3, 0.0)
+    assert d.slots.tolist() == [3, 4] and d.fresh.all() and int(buf.filled) == 3
+    buf.write(d.slots, torch.full((2, 1, 4, 4), -0.5), torch.eye(3)[:2])
+    assert int(buf.filled) == 5
+    d = buf.draw(4, 0.0)
+    assert len(set(d.slots.tolist())) == 4 and not d.fresh.any()
+    torch.testing.assert_close(d.images, buf.images[d.slots])
+    assert torch.equal(d.labels, buf.labels[d.slots])
+    assert buf.draw(4, 1.0).fresh.all()
+    assert ReplayBuffer(5, 1, 1, 1).draw(5, 0.3).fresh.all()  # while filling every chain is fresh
+    buf.filled.fill_(5)
+    share = float(torch.cat([buf.draw(5, 0.3).fresh for _ in range(400)]).float().mean())
+    assert abs(share - 0.3) < 0.03
+
+
+def test_new_options_are_validated():
+    info = DataInfo(n_classes=10, channels=1, image_size=8, n_train=100)
+    for name, bad in [("coop_density", "joint"), ("coop_contrast", "hinge"), ("coop_chain_init", "data"),
+                      ("coop_gate", "judge"), ("coop_buffer_reinit", 1.5), ("coop_pseudo_threshold", -0.1),
+                      ("coop_data_noise", -1.0), ("coop_buffer_size", -1)]:
+        with pytest.raises(ValueError, match=name):
+            create_method(TrainConfig(method="coophash", method_args={name: bad}), info, torch.device("cpu"))
+    m = create_method(TrainConfig(method="coophash"), info, torch.device("cpu"))
+    assert set(m.modules()) == {"descriptor", "generator", "loss", "clock"}  # defaults: the checkpoint of before
+    assert m.weights.contrast == "linear" and m.weights.pseudo == 0 and m.weights.pseudo_hash == 0
+    m = create_method(TrainConfig(method="coophash", method_args={"coop_gate": "none", "coop_gate_confidence": 0.5}),
+                      info, torch.device("cpu"))
+    assert m.weights.gate_confidence == 0.0
+
+
+EVERYTHING = dict(coop_density="tied", coop_density_grad_scale=1.0, coop_buffer_size=24, coop_buffer_batch=8,
+                  coop_gate="ema", coop_gate_confidence=0.2, coop_ema_decay=0.99, coop_pseudo_weight=1.0,
+                  coop_pseudo_hash_weight=1.0, coop_pseudo_threshold=0.5, coop_data_noise=0.03,
+                  coop_contrast="softplus")
+
+
+def test_buffer_ema_gate_and_pseudo_labels_train_and_resume_exactly(tmp_path):
+    cfg = coop_cfg(tmp_path, **EVERYTHING)
+    ds, mf = prepare_data(cfg)
+    res_full = Trainer(cfg, tmp_path / "full", ds, mf).fit()
+    spe = Trainer(cfg, tmp_path / "probe", ds, mf).schedule.steps_per_epoch
+
+    def bomb(info):
+        if info.global_step == spe + 7:  # mid second epoch, 2 steps after a checkpoint
+            raise Killed()
+
+    with pytest.raises(Killed):
+        Trainer(cfg, tmp_path / "killed", ds, mf).fit(step_callback=bomb)
+    res_resumed = Trainer(cfg, tmp_path / "killed", ds, mf).fit(resume=True)
+    a, b = load_file(str(tmp_path / "full" / runs.LAST)), load_file(str(tmp_path / "killed" / runs.LAST))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after kill + resume"
+    assert res_full["map@all"] == res_resumed["map@all"]
+    # the checkpoint holds the chains and the EMA classifier; chains were filled, moved and stay images
+    assert {"module/buffer/images", "module/buffer/labels", "module/buffer/filled"} <= set(a)
+    assert any(k.startswith("module/ema/trunk") for k in a) and any(k.startswith("module/ema/category_head") for k in a)
+    assert int(a["module/buffer/filled"]) == 24
+    imgs = a["module/buffer/images"]
+    assert float(imgs.abs().max()) <= 1.0 and float(imgs.std()) > 0.01
+    assert torch.all(a["module/buffer/labels"].sum(1) == 1)
+    desc_keys = sorted(k for k in a if k.startswith("module/descriptor/category_head"))
+    ema_keys = sorted(k for k in a if k.startswith("module/ema/category_head"))
+    assert len(desc_keys) == len(ema_keys) > 0
+    assert all(a[e].shape == a[d].shape and not torch.equal(a[e], a[d]) for e, d in zip(ema_keys, desc_keys))
+    recs = [r for r in runs.read_metrics(tmp_path / "full" / runs.METRICS) if "epoch" in r and not r.get("final")]
+    last = recs[-1]
+    for t in ("descriptor/pseudo", "descriptor/pseudo_hash", "descriptor/diag_pseudo_rate",
+              "descriptor/diag_gate_pass", "descriptor/ebm", "descriptor/triplet", "generator/rec"):
+        assert t in last and np.isfinite(last[t]), t
+    assert 0.0 <= last["descriptor/diag_gate_pass"] <= 1.0 and last["descriptor/diag_pseudo_rate"] > 0
+
+
+def test_noise_chains_are_the_no_generator_ablation(tmp_path):
+    for buffer in (0, 16):
+        cfg = coop_cfg(tmp_path, coop_chain_init="noise", coop_buffer_size=buffer, coop_buffer_batch=8,
+                       coop_density="tied")
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": 1})
+        ds, mf = prepare_data(cfg)
+        tr = Trainer(cfg, tmp_path / f"noise{buffer}", ds, mf)
+        gen0 = [p.detach().clone() for p in tr.method.gen.parameters()]
+        res = tr.fit()
+        assert np.isfinite(res["map@all"])
+        assert all(torch.equal(p, q) for p, q in zip(gen0, tr.method.gen.parameters()))  # never trained
+        recs = [r for r in runs.read_metrics(tmp_path / f"noise{buffer}" / runs.METRICS) if "epoch" in r]
+        assert "descriptor/ebm" in recs[0] and "descriptor/triplet" not in recs[0]
+        assert not any(k.startswith("generator/") for k in recs[0])
+        if buffer:
+            assert int(tr.method.buffer.filled) == 16
+
+
+def test_tied_ood_score_is_minus_logsumexp():
+    info = DataInfo(n_classes=10, channels=1, image_size=8, n_train=100)
+    m = create_method(TrainConfig(method="coophash", method_args={"coop_density": "tied"}), info, torch.device("cpu"))
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(m.ood_score(x), -torch.logsumexp(m.desc(x).logits, dim=1))

@@ -16,10 +16,31 @@ One training step is three phases of the shared trainer (DESIGN.md §1):
 3. ``generator`` (generator + latent head): the ELBO of the revised samples
    ``‖x̃ − G(μ + σ·ε, y)‖²/(2σ_g²) + β·KL(q(z|x̃) ‖ N(0, I))``, with ``q`` read from detached trunk features.
 
+Options (all off by default, which is the behaviour above):
+
+* ``coop_density=tied`` (JEM): ``f(x) = logsumexp_y l_y(x)`` of the category logits (multi-label
+  ``Σ_k softplus(l_k)``), label-aware revision energy ``l_y(x)`` (:mod:`coophash.nets.descriptor`);
+  ``coop_density_grad_scale`` still scales the density's gradient into the trunk features.
+* ``coop_buffer_size > 0``: a replay buffer of persistent chains (:mod:`coophash.methods.replay`), a
+  checkpointed module.  New chains are generator samples ``G(z, y)`` for labels drawn from the labeled batch; each step
+  ``coop_buffer_batch`` chains are drawn (``coop_buffer_reinit`` of them restarted), revised together with the
+  pairs by the same K Langevin steps, written back, and enter the density contrast as extra negatives (never a
+  hash term).  ``coop_chain_init=noise`` (the "no generator" ablation): chains restart from uniform noise, no
+  pairs are generated (so no triplet, gen-hash or generator step); without a buffer ``coop_buffer_batch``
+  short chains start from noise each step.
+* ``coop_data_noise``: Gaussian noise on the real images of the descriptor's forward pass (training only).
+* ``coop_contrast``: linear, softplus or logistic density contrast (:mod:`coophash.losses.coophash`).
+* ``coop_pseudo_weight`` / ``coop_pseudo_hash_weight``: pseudo-labels from the (detached) logits of the weak
+  unlabeled rows of the same forward pass teach their strong views (``strong_augment``, one more forward pass),
+  through the class loss and the base hash loss; active from the first step, independent of the ramp.
+* ``coop_gate``: what gates the generated pairs at ``coop_gate_confidence``: ``head`` (the descriptor's own
+  category head, which the label-aware revision wrote to), ``ema`` (an EMA copy of trunk + category head,
+  checkpointed, evaluated on a strong view of the revised samples) or ``none``.
+
 Terms whose name starts with ``diag_`` are diagnostics (not part of the total): energy gap, revision
 displacement, the category head's accuracy on generated samples against their conditioning labels, the
-generator's per-pixel reconstruction error.  A NaN or exploding energy raises :class:`TrainingDiverged`
-(the last good checkpoint is left intact).  Test time uses only trunk + hash head; ``ood_score(x) = −f_θ(x)``.
+gate's pass rate, the fraction of confident pseudo-labels, the generator's per-pixel reconstruction error.
+A NaN or exploding energy raises :class:`TrainingDiverged` (the last good checkpoint is left intact).  Test time uses only trunk + hash head; ``ood_score(x) = −f_θ(x)``.
 
 Every term is a formula in :mod:`coophash.losses.coophash`; this module builds the networks and optimisers
 and wires the formulas into the three phases, with the warm-up/ramp schedule and the divergence guards.
@@ -38,9 +59,12 @@ from torch import Tensor, nn
 from coophash.config import TrainConfig
 from coophash.losses import create_loss
 from coophash.losses.base import LossOutput, sum_terms
+from coophash.data.augment import strong_augment
 from coophash.losses.coophash import (
+    CONTRASTS,
     DescriptorWeights,
     GeneratedRows,
+    PseudoViews,
     descriptor_objective,
     elbo_terms,
     known_latent_terms,
@@ -49,10 +73,21 @@ from coophash.losses.distributed import global_batch_loss, rank_share
 from coophash.methods.base import DataInfo, Method, register_method
 from coophash.methods.langevin import LangevinConfig, LangevinStats, langevin_revise
 from coophash.methods.phases import Phase, TrainingDiverged
-from coophash.nets.descriptor import DescriptorEncoder, MultipurposeDescriptor
+from coophash.methods.replay import ChainDraw, ReplayBuffer
+from coophash.nets.descriptor import (
+    DENSITY_FORMS,
+    CategoryEMA,
+    DescriptorEncoder,
+    MultipurposeDescriptor,
+    log_p_y_given_x,
+)
 from coophash.nets.pair_generator import PairGenerator
 
-__all__ = ["CoopHash", "CoopHashArgs"]
+__all__ = ["CoopHash", "CoopHashArgs", "CHAIN_INITS", "GATES"]
+
+#: Where Langevin chains start (``coop_chain_init``) and what gates generated pairs (``coop_gate``).
+CHAIN_INITS = ("generator", "noise")
+GATES = ("none", "head", "ema")
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +147,20 @@ class CoopHashArgs:
     coop_no_triplet: bool = field(default=False, metadata=_h("ablation: no triplet on generated pairs"))
     coop_no_revision: bool = field(default=False, metadata=_h("ablation: no Langevin revision (generator samples used raw)"))
     coop_no_unlabeled_density: bool = field(default=False, metadata=_h("ablation: unlabeled images left out of the density term"))
+    # density form and stability (JEM / IGEBM)
+    coop_density: str = field(default="separate", metadata=_h("density form: tied (JEM: f = logsumexp of the category logits, revision energy l_y) or separate (its own head)"))
+    coop_contrast: str = field(default="linear", metadata=_h("density contrast: linear (mean f(gen) - mean f(real)), softplus (of that difference) or logistic (real-vs-generated, logit f)"))
+    coop_data_noise: float = field(default=0.0, metadata=_h("std of Gaussian noise added to real images in the descriptor's training forward pass (JEM: 0.03)"))
+    coop_buffer_size: int = field(default=0, metadata=_h("persistent Langevin chains in a replay buffer, extra density negatives (0 = off; e.g. 2000)"))
+    coop_buffer_batch: int = field(default=32, metadata=_h("buffer chains drawn, continued by the Langevin steps and written back per step"))
+    coop_buffer_reinit: float = field(default=0.05, metadata=_h("fraction of the drawn buffer chains restarted each step"))
+    coop_chain_init: str = field(default="generator", metadata=_h("where chains start: generator (G(z, y)) or noise (uniform in [-1, 1]; ablation: no generator, no generated pairs)"))
+    # codes from unlabeled images and generated pairs
+    coop_pseudo_threshold: float = field(default=0.95, metadata=_h("confidence of the category head on a weak view for its pseudo-label to count"))
+    coop_pseudo_weight: float = field(default=0.0, metadata=_h("weight of the pseudo-label consistency CE on strong views of unlabeled images"))
+    coop_pseudo_hash_weight: float = field(default=0.0, metadata=_h("weight of the base hash loss on labeled rows + confident pseudo-labeled strong views (added to the plain hash loss)"))
+    coop_gate: str = field(default="head", metadata=_h("what gates generated pairs: none, head (the descriptor's own category head) or ema (an EMA classifier on a strong view, never revised towards)"))
+    coop_ema_decay: float = field(default=0.999, metadata=_h("decay of the EMA classifier of --coop-gate ema"))
 
     def __post_init__(self) -> None:
         if self.langevin_form not in ("sgld", "coopnets"):
@@ -124,6 +173,18 @@ class CoopHashArgs:
             raise ValueError(f"coop_gen_target must be elbo, known or both, got {self.coop_gen_target!r}")
         if self.langevin_steps < 0:
             raise ValueError(f"langevin_steps must be >= 0, got {self.langevin_steps}")
+        choices = {"coop_density": DENSITY_FORMS, "coop_contrast": CONTRASTS, "coop_chain_init": CHAIN_INITS,
+                   "coop_gate": GATES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.coop_buffer_size < 0 or self.coop_buffer_batch < 1:
+            raise ValueError("coop_buffer_size must be >= 0 and coop_buffer_batch >= 1")
+        for name in ("coop_buffer_reinit", "coop_pseudo_threshold", "coop_ema_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.coop_data_noise < 0:
+            raise ValueError(f"coop_data_noise must be >= 0, got {self.coop_data_noise}")
 
 
 class _Clock(nn.Module):
@@ -148,8 +209,13 @@ class CoopHash(Method):
         self.desc = MultipurposeDescriptor(
             info.channels, info.image_size, cfg.bits, info.n_classes, latent_dim=a.coop_latent_dim,
             backbone=backbone, multi_label=info.multi_label, density_hidden=a.coop_density_hidden,
-            spectral_norm=a.coop_spectral_norm, init=a.coop_init, trunk_norm=a.coop_trunk_norm, **cfg.backbone_args,
+            spectral_norm=a.coop_spectral_norm, init=a.coop_init, trunk_norm=a.coop_trunk_norm,
+            density=a.coop_density, **cfg.backbone_args,
         ).to(device)
+        self.buffer: Optional[ReplayBuffer] = None
+        if a.coop_buffer_size > 0:
+            self.buffer = ReplayBuffer(a.coop_buffer_size, info.channels, info.image_size, info.n_classes).to(device)
+        self.ema: Optional[CategoryEMA] = CategoryEMA(self.desc).to(device) if a.coop_gate == "ema" else None
         self.gen = PairGenerator(a.coop_latent_dim, info.n_classes, info.channels, info.image_size,
                                  width=a.coop_gen_width).to(device)
         loss_name = a.coop_base_loss or cfg.loss
@@ -169,7 +235,9 @@ class CoopHash(Method):
             hash=a.coop_hash_weight, cls=a.coop_cls_weight, quant=a.coop_quant_weight, ebm=a.coop_ebm_weight,
             gamma=a.coop_gamma, triplet=0.0 if a.coop_no_triplet else a.coop_triplet_weight,
             triplet_margin=a.coop_triplet_margin * cfg.bits, gen_hash=a.coop_gen_hash_weight,
-            gate_confidence=a.coop_gate_confidence,
+            gate_confidence=0.0 if a.coop_gate == "none" else a.coop_gate_confidence, contrast=a.coop_contrast,
+            pseudo=a.coop_pseudo_weight, pseudo_hash=a.coop_pseudo_hash_weight,
+            pseudo_threshold=a.coop_pseudo_threshold,
         )
         self.steps_per_epoch = max(1, math.ceil(info.n_train / cfg.batch_size))
         self._encoder = DescriptorEncoder(self.desc)
@@ -178,7 +246,13 @@ class CoopHash(Method):
 
     # -- trainer interface ----------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
-        return {"descriptor": self.desc, "generator": self.gen, "loss": self.loss, "clock": self.clock}
+        mods: dict[str, nn.Module] = {"descriptor": self.desc, "generator": self.gen, "loss": self.loss,
+                                      "clock": self.clock}
+        if self.buffer is not None:
+            mods["buffer"] = self.buffer
+        if self.ema is not None:
+            mods["ema"] = self.ema
+        return mods
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"descriptor": self.desc_opt, "generator": self.gen_opt}
@@ -196,6 +270,9 @@ class CoopHash(Method):
     def on_step(self, global_step: int) -> None:
         self.clock.step.fill_(global_step + 1)
         self.loss.on_step()
+        if self.ema is not None:  # mean teacher's warm-up: a plain average over the first 1/(1 − decay) steps
+            t = global_step + 1
+            self.ema.update(self.desc, min(self.args.coop_ema_decay, 1.0 - 1.0 / (t + 1)))
 
     def encode(self, x: Tensor) -> Tensor:
         return self.desc.encode(x)
@@ -225,31 +302,79 @@ class CoopHash(Method):
 
     # -- phases ---------------------------------------------------------------------------------------
     def _revise(self, ctx: dict[str, Any]) -> Optional[LossOutput]:
-        """Generate contrastive pairs for the first labeled anchors and revise them by Langevin dynamics."""
+        """Generate contrastive pairs for the first labeled anchors (and draw buffer chains); revise them all."""
         ctx.pop("coop", None)
         if self.ramp() <= 0.0:
             return None
         a: CoopHashArgs = self.args
-        n = min(max(1, rank_share(a.coop_pairs)), ctx["x"].shape[0])  # this rank's share of the pairs
-        y = ctx["y"][:n]
-        with torch.no_grad():
-            pairs = self.gen.make_pairs(y, self.info.multi_label, second_positive=a.coop_second_positive)
-        xs = [pairs.x_pos, pairs.x_neg] + ([pairs.x_pos2] if pairs.x_pos2 is not None else [])
-        ys = [pairs.y_pos, pairs.y_neg] + ([pairs.y_pos] if pairs.x_pos2 is not None else [])
-        x_hat = torch.cat(xs).detach()
-        y_cond = torch.cat(ys).to(x_hat.dtype)
+        xs, ys, zs, n = self._make_pairs(ctx)
+        chains = self._draw_chains(ctx)
+        n_pair_rows = sum(x.shape[0] for x in xs)
+        x_hat = torch.cat(xs + ([chains[1]] if chains else [])).detach()
+        y_cond = torch.cat(ys + ([chains[2]] if chains else [])).to(x_hat.dtype)
         label = y_cond if a.langevin_label_aware else None
-        x_tilde, stats = langevin_revise(lambda v: self.desc.energy(v, label), x_hat, self.langevin,
-                                         frozen_modules=[self.desc], final_energy=False)
+        x_rev, stats = langevin_revise(lambda v: self.desc.energy(v, label), x_hat, self.langevin,
+                                       frozen_modules=[self.desc], final_energy=False)
         self._guard_revision(stats)
-        z = torch.cat([pairs.z, pairs.z] + ([pairs.z2] if pairs.z2 is not None else []))
-        ctx["coop"] = {"x_hat": x_hat, "x_tilde": x_tilde, "y": y_cond, "z": z, "n": n, "stats": stats}
+        if chains is not None and self.buffer is not None:
+            self.buffer.write(chains[0].slots, x_rev[n_pair_rows:], y_cond[n_pair_rows:])
+        ctx["coop"] = {"x_hat": x_hat[:n_pair_rows], "x_tilde": x_rev[:n_pair_rows], "y": y_cond[:n_pair_rows],
+                       "z": torch.cat(zs) if zs else None, "n": n, "x_chain": x_rev[n_pair_rows:], "stats": stats}
         zero = torch.zeros((), device=x_hat.device)
         return LossOutput(total=zero, terms={
             "diag_displacement": torch.tensor(stats.displacement),
             "diag_grad_norm": torch.tensor(stats.grad_norm),
             "diag_f_start": torch.tensor(stats.f_start),
         })
+
+    def _make_pairs(self, ctx: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor], int]:
+        """Images, conditioning labels and latents of the generated pairs, and the number n of anchors.
+
+        Rows: x̂⁺ (n), x̂⁻ (n), optionally a second positive (n).  None (n = 0) with ``coop_chain_init=noise``.
+        """
+        a: CoopHashArgs = self.args
+        if a.coop_chain_init == "noise":
+            return [], [], [], 0
+        n = min(max(1, rank_share(a.coop_pairs)), ctx["x"].shape[0])  # this rank's share of the pairs
+        with torch.no_grad():
+            pairs = self.gen.make_pairs(ctx["y"][:n], self.info.multi_label, second_positive=a.coop_second_positive)
+        second = pairs.x_pos2 is not None
+        xs = [pairs.x_pos, pairs.x_neg] + ([pairs.x_pos2] if second else [])
+        ys = [pairs.y_pos, pairs.y_neg] + ([pairs.y_pos] if second else [])
+        zs = [pairs.z, pairs.z] + ([pairs.z2] if second else [])
+        return xs, ys, zs, n
+
+    def _draw_chains(self, ctx: dict[str, Any]) -> Optional[tuple[ChainDraw, Tensor, Tensor]]:
+        """(draw, start images, labels) of this step's chains: buffer chains (fresh ones restarted), or, with
+        ``coop_chain_init=noise`` and no buffer, ``coop_buffer_batch`` short chains from noise; else None."""
+        a: CoopHashArgs = self.args
+        if self.buffer is not None:
+            draw = self.buffer.draw(a.coop_buffer_batch, a.coop_buffer_reinit)
+        elif a.coop_chain_init == "noise":
+            m, dev = a.coop_buffer_batch, ctx["x"].device
+            draw = ChainDraw(slots=torch.zeros(0, dtype=torch.long, device=dev),
+                             fresh=torch.ones(m, dtype=torch.bool, device=dev),
+                             images=torch.zeros(m, *ctx["x"].shape[1:], device=dev),
+                             labels=torch.zeros(m, ctx["y"].shape[1], device=dev))
+        else:
+            return None
+        x, y = draw.images.clone(), draw.labels.clone()
+        k = int(draw.fresh.sum())
+        if k:
+            x_new, y_new = self._fresh_chains(ctx, k)
+            x[draw.fresh] = x_new.to(x.dtype)
+            y[draw.fresh] = y_new.to(y.dtype)
+        return draw, x, y
+
+    @torch.no_grad()
+    def _fresh_chains(self, ctx: dict[str, Any], k: int) -> tuple[Tensor, Tensor]:
+        """``k`` new chains: labels drawn from the labeled batch, images ``G(z, y)`` or uniform noise."""
+        y_lab = ctx["y"]
+        y = y_lab[torch.randint(0, y_lab.shape[0], (k,)).to(y_lab.device)].float()
+        if self.args.coop_chain_init == "noise":
+            return torch.rand(k, *ctx["x"].shape[1:], device=y.device) * 2 - 1, y
+        z = self.gen.sample_latent(k, device=y.device)
+        return self.gen(z, y), y
 
     def _guard_revision(self, stats: LangevinStats) -> None:
         """Stop with a clear message when revision produced non-finite images or energies."""
@@ -272,31 +397,55 @@ class CoopHash(Method):
             )
 
     def _descriptor_step(self, ctx: dict[str, Any]) -> LossOutput:
-        """One forward pass of the descriptor on [real; revised] images, then its objective."""
+        """One forward pass of the descriptor on [real; revised; chains] images (one more on strong views of
+        the unlabeled rows when pseudo-labels are on), then its objective."""
         a: CoopHashArgs = self.args
         coop = ctx.get("coop")
         r = self.ramp() if coop is not None else 0.0
-        use_unlabeled = not a.coop_no_unlabeled_density and coop is not None
-        x_real = ctx["x_all"] if use_unlabeled else ctx["x"]
+        n_lab = ctx["x"].shape[0]
+        n_unl = ctx["x_all"].shape[0] - n_lab
+        use_pseudo = (a.coop_pseudo_weight > 0 or a.coop_pseudo_hash_weight > 0) and n_unl > 0
+        density_unl = not a.coop_no_unlabeled_density and coop is not None
+        x_real = ctx["x_all"] if density_unl or use_pseudo else ctx["x"]
         n_real = x_real.shape[0]
-        inputs = [x_real] + ([coop["x_tilde"]] if coop is not None else [])
+        if a.coop_data_noise > 0:
+            x_real = x_real + a.coop_data_noise * torch.randn_like(x_real)
+        inputs = [x_real]
+        if coop is not None:
+            inputs += [coop["x_tilde"]] + ([coop["x_chain"]] if coop["x_chain"].shape[0] else [])
         out = self.desc(torch.cat(inputs), density_grad_scale=a.coop_density_grad_scale)
         generated = None
         if coop is not None:
-            generated = GeneratedRows(start=n_real, n=coop["n"], labels=coop["y"])
-            coop["features"] = out.features[n_real:].detach()
+            n_pair_rows = coop["x_tilde"].shape[0]
+            generated = GeneratedRows(start=n_real, n=coop["n"], labels=coop["y"], extra=coop["x_chain"].shape[0],
+                                      density_real=None if density_unl else n_lab, gate_conf=self._ema_gate(coop))
+            coop["features"] = out.features[n_real : n_real + n_pair_rows].detach()
+        pseudo = None
+        if use_pseudo:
+            strong = self.desc(strong_augment(ctx["x_all"][n_lab:]), density_grad_scale=a.coop_density_grad_scale)
+            pseudo = PseudoViews(start=n_lab, end=ctx["x_all"].shape[0], strong=strong)
         # the base loss sees the labeled rows of every rank (one process: just self.loss)
         objective = descriptor_objective(out, ctx["y"], ctx["labeled"], partial(global_batch_loss, self.loss),
-                                         self.weights, self.info.multi_label, generated=generated, ramp=r)
+                                         self.weights, self.info.multi_label, generated=generated, ramp=r,
+                                         pseudo=pseudo)
         if coop is not None:  # after the objective, whose all-gathers every rank must reach
             self._guard_energy(out.f.detach()[:n_real], "real images")
             self._guard_energy(out.f.detach()[n_real:], "revised samples")
         return objective
 
+    @torch.no_grad()
+    def _ema_gate(self, coop: dict[str, Any]) -> Optional[Tensor]:
+        """With ``coop_gate=ema``: the EMA classifier's probability of each pair row's conditioning labels, on a
+        strong view of the revised sample (None otherwise, or without a threshold or pairs)."""
+        if self.ema is None or self.weights.gate_confidence <= 0 or coop["n"] == 0:
+            return None
+        logits = self.ema(strong_augment(coop["x_tilde"]))
+        return log_p_y_given_x(logits.float(), coop["y"].float(), self.info.multi_label).exp()
+
     def _generator_step(self, ctx: dict[str, Any]) -> Optional[LossOutput]:
         """ELBO of the revised samples for the generator and the latent head (trunk features detached)."""
         coop = ctx.get("coop")
-        if coop is None:
+        if coop is None or coop["n"] == 0:  # no cooperation yet, or no generator (coop_chain_init=noise)
             return None
         a: CoopHashArgs = self.args
         x_t, y = coop["x_tilde"], coop["y"]

@@ -1,16 +1,34 @@
 """CoopHash's multipurpose descriptor: one bottom-up trunk (no batch norm) with four heads.
 
 Heads (DESIGN.md §1): density ``f_θ(x)`` (a scalar; ``p_θ(x) ∝ exp(f_θ(x))·N(x; 0, s²I)``), hash
-``u = tanh(W_h φ(x))``, latent ``q_θ(z|x) = N(μ(x), diag σ²(x))`` and category logits.
+``u = tanh(W_h φ(x))``, latent ``q_θ(z|x) = N(μ(x), diag σ²(x))`` and category logits ``l(x)``.
+
+The density comes in two forms (``density``):
+
+* ``"separate"``: its own head on the trunk features (JEM's unconditional variant): maximum likelihood on
+  unlabeled images reaches the category and hash heads only through the shared trunk;
+* ``"tied"`` (JEM, Grathwohl et al. 2019): the density *is* a function of the category logits,
+  single-label ``f(x) = log Σ_y exp l_y(x)`` and multi-label ``f(x) = Σ_k softplus(l_k(x))`` (= the log of
+  the sum over all 2^C label subsets y of ``exp Σ_k y_k l_k(x)``), so maximum likelihood on unlabeled images
+  trains the very logits and trunk features that the classifier and the hash head read.  The label-aware
+  revision energy ``f(x) + log p(y|x)`` is then exactly ``l_y(x)`` (single-label; for a multi-hot y in the
+  single-label form the mean of its labels' logits) or ``Σ_k y_k l_k(x)`` (multi-label), computed directly
+  (:func:`label_energy`).  The separate density head still exists (checkpoints keep one layout) but is unused.
 
 The latent head is its own submodule (:attr:`MultipurposeDescriptor.latent_head`) because it is trained in
 the generator's phase on the ELBO, never in the descriptor's; it reads *detached* trunk features so the
 generator phase sends no gradient into the trunk.  The density head may have its own hidden layer and its
 gradient into the shared trunk can be scaled down (``grad_scale``) without changing its value or its
-gradient with respect to the input image (Langevin revision always uses the unscaled energy).
+gradient with respect to the input image (Langevin revision always uses the unscaled energy).  In the tied
+form the scale applies the same way, to the trunk features that feed the density's logits: the category
+head's own weights get the density's full gradient, the trunk a scaled one.
+
+:class:`CategoryEMA` is an exponential moving average of the trunk and the category head: a classifier that
+revision never writes to, used to gate generated pairs.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,8 +42,11 @@ from coophash.nets.registry import create_backbone
 
 __all__ = [
     "MultipurposeDescriptor", "DescriptorOutput", "DescriptorEncoder", "LatentHead", "DensityHead", "scale_grad",
-    "log_p_y_given_x",
+    "log_p_y_given_x", "tied_density", "label_energy", "CategoryEMA", "DENSITY_FORMS",
 ]
+
+#: The density forms of :class:`MultipurposeDescriptor` (see the module docstring).
+DENSITY_FORMS = ("separate", "tied")
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -58,6 +79,25 @@ def log_p_y_given_x(logits: Tensor, y: Tensor, multi_label: bool) -> Tensor:
         return -F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(dim=1)
     logp = F.log_softmax(logits, dim=1)
     return (logp * y).sum(dim=1) / y.sum(dim=1).clamp_min(1.0)
+
+
+def tied_density(logits: Tensor, multi_label: bool) -> Tensor:
+    """JEM's density from category logits, per row: ``logsumexp_y l_y`` or (multi-label) ``Σ_k softplus(l_k)``."""
+    if multi_label:
+        return F.softplus(logits).sum(dim=1)
+    return torch.logsumexp(logits, dim=1)
+
+
+def label_energy(logits: Tensor, y: Tensor, multi_label: bool) -> Tensor:
+    """The tied form's label-aware energy ``f(x) + log p(y|x)`` computed directly, per row.
+
+    Multi-label: ``Σ_k y_k l_k``.  Single-label: ``Σ_k y_k l_k / Σ_k y_k`` (``l_y`` for a one-hot y; the mean of
+    its labels' logits for a multi-hot one, matching :func:`log_p_y_given_x`'s mean over the row's labels).
+    """
+    s = (logits * y.to(logits.dtype)).sum(dim=1)
+    if multi_label:
+        return s
+    return s / y.to(logits.dtype).sum(dim=1).clamp_min(1.0)
 
 
 def _kaiming_init(module: nn.Module, negative_slope: float = 0.2) -> None:
@@ -160,11 +200,15 @@ class MultipurposeDescriptor(nn.Module):
         spectral_norm: bool = False,
         init: str = "kaiming",
         trunk_norm: str = "none",
+        density: str = "separate",
         **backbone_kw: object,
     ) -> None:
         super().__init__()
         if init not in ("kaiming", "default"):
             raise ValueError(f"init must be 'kaiming' or 'default', got {init!r}")
+        if density not in DENSITY_FORMS:
+            raise ValueError(f"density must be one of {DENSITY_FORMS}, got {density!r}")
+        self.density_form = density
         if backbone == "smallconv-nobn" or backbone.startswith("smallconv"):
             backbone_kw.setdefault("spectral_norm", spectral_norm)
         self.trunk = create_backbone(backbone, in_channels=in_channels, image_size=image_size, **backbone_kw)
@@ -193,29 +237,48 @@ class MultipurposeDescriptor(nn.Module):
         """The parts trained in the descriptor step (everything but the latent head)."""
         return [self.trunk, self.density_head, self.hash_head, self.category_head]
 
+    @property
+    def tied(self) -> bool:
+        """True when the density is the logsumexp of the category logits (JEM's form)."""
+        return self.density_form == "tied"
+
+    def _density_of(self, feats: Tensor, logits: Optional[Tensor] = None, grad_scale: float = 1.0) -> Tensor:
+        """``f_θ`` from trunk features (``logits``: the category head's on the same, unscaled features)."""
+        if not self.tied:
+            return self.density_head(scale_grad(feats, grad_scale))
+        if logits is None or grad_scale != 1.0:
+            logits = self.category_head(scale_grad(feats, grad_scale))
+        return tied_density(logits, self.multi_label)
+
     def forward(self, x: Tensor, density_grad_scale: float = 1.0) -> DescriptorOutput:
         """All heads but the latent one; ``density_grad_scale`` scales the density gradient into the trunk."""
         feats = self.trunk(x)
         pre = self.hash_head(feats)
+        logits = self.category_head(feats)
         return DescriptorOutput(
             features=feats,
             pre=pre,
             u=torch.tanh(pre),
-            logits=self.category_head(feats),
-            f=self.density_head(scale_grad(feats, density_grad_scale)),
+            logits=logits,
+            f=self._density_of(feats, logits, density_grad_scale),
         )
 
     def density(self, x: Tensor) -> Tensor:
         """``f_θ(x)`` of shape (N,) (higher = more probable)."""
-        return self.density_head(self.trunk(x))
+        return self._density_of(self.trunk(x))
 
     def energy(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """The revision target ``f_θ(x) + log p_θ(y|x)`` (label-aware) or ``f_θ(x)`` when ``y`` is None."""
+        """The revision target ``f_θ(x) + log p_θ(y|x)`` (label-aware) or ``f_θ(x)`` when ``y`` is None.
+
+        Tied form: ``l_y(x)`` (:func:`label_energy`), equal to ``f + log p(y|x)`` but computed directly.
+        """
         feats = self.trunk(x)
-        f = self.density_head(feats)
         if y is None:
-            return f
-        return f + log_p_y_given_x(self.category_head(feats), y, self.multi_label)
+            return self._density_of(feats)
+        logits = self.category_head(feats)
+        if self.tied:
+            return label_energy(logits, y, self.multi_label)
+        return self.density_head(feats) + log_p_y_given_x(logits, y, self.multi_label)
 
     def encode(self, x: Tensor) -> Tensor:
         """Continuous hash outputs ``u`` in (-1, 1); the code is ``1[u >= 0]``."""
@@ -224,6 +287,38 @@ class MultipurposeDescriptor(nn.Module):
     def infer_latent(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """``(μ, log σ)`` of ``q(z|x)`` from (detached) trunk features."""
         return self.latent_head(features.detach())
+
+
+class CategoryEMA(nn.Module):
+    """An exponential moving average of a descriptor's trunk and category head: ``logits = head(trunk(x))``.
+
+    It is never a target of revision and never trained by gradient: :meth:`update` moves every parameter
+    towards the descriptor's, ``θ_ema ← d·θ_ema + (1 − d)·θ``, and copies the buffers (spectral norm's power
+    iteration vectors).  Its parameters are ordinary checkpointed state of the module that holds it.
+    """
+
+    def __init__(self, descriptor: MultipurposeDescriptor) -> None:
+        super().__init__()
+        self.trunk = copy.deepcopy(descriptor.trunk)
+        self.category_head = copy.deepcopy(descriptor.category_head)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def _pairs(self, descriptor: MultipurposeDescriptor) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.trunk, descriptor.trunk), (self.category_head, descriptor.category_head)]
+
+    @torch.no_grad()
+    def update(self, descriptor: MultipurposeDescriptor, decay: float) -> None:
+        """Move the average towards ``descriptor`` by ``1 − decay``; copy its buffers."""
+        for mine, theirs in self._pairs(descriptor):
+            for p, q in zip(mine.parameters(), theirs.parameters()):
+                p.mul_(decay).add_(q.detach(), alpha=1.0 - decay)
+            for b, c in zip(mine.buffers(), theirs.buffers()):
+                b.copy_(c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Category logits (N, C) of the averaged network."""
+        return self.category_head(self.trunk(x))
 
 
 class DescriptorEncoder(nn.Module):
