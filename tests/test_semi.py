@@ -195,3 +195,41 @@ def test_semi_is_listed_by_the_cli():
 
     res = CliRunner().invoke(cli, ["train", "--help"])
     assert res.exit_code == 0 and "--semi-threshold" in res.output
+
+
+# -- the weight average that encodes ----------------------------------------------------------------
+def test_weight_ema_follows_its_formula_with_warm_up():
+    from coophash.nets.ema import WeightEMA, ema_decay_at
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(net)
+    ref = [p.detach().clone() for p in net.parameters()]
+    for t in range(5):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+            net[1].running_mean.add_(1.0)
+        ema.update(net, 0.99)
+        d = min(0.99, (1 + t) / (10 + t))
+        assert ema_decay_at(0.99, t) == pytest.approx(d)
+        ref = [d * r + (1 - d) * p.detach() for r, p in zip(ref, net.parameters())]
+    for r, p in zip(ref, ema.net.parameters()):
+        assert torch.allclose(r, p, atol=1e-6)
+    assert torch.equal(ema.net[1].running_mean, net[1].running_mean) and int(ema.updates) == 5
+    assert not any(p.requires_grad for p in ema.net.parameters())
+
+
+def test_semi_with_ema_encodes_with_the_average():
+    torch.manual_seed(0)
+    m = _method(semi_threshold=0.0, semi_ema=0.9)
+    assert "ema" in m.modules() and m.encoder() is m.ema.net
+    phase = m.phases()[0]
+    out = phase.fn(_ctx())
+    out.total.backward()
+    m.opt.step()
+    m.on_step(0)
+    x = _ctx()["x"]
+    m.train(False)
+    assert torch.equal(m.encode(x), m.ema.net(x).u) and not torch.equal(m.encode(x), m.net(x).u)
+    with pytest.raises(ValueError, match="semi_ema"):
+        _method(semi_ema=1.0)

@@ -29,6 +29,7 @@ from coophash.losses.distributed import global_batch_loss
 from coophash.losses.semi import consistency_loss, pseudo_labels
 from coophash.methods.base import DataInfo, Method, build_hashing_net, register_method
 from coophash.methods.phases import Phase
+from coophash.nets.ema import WeightEMA
 
 __all__ = ["SemiSupervised", "SemiArgs"]
 
@@ -46,10 +47,13 @@ class SemiArgs:
     semi_weight: float = field(default=1.0, metadata=_h("lambda_u, weight of the consistency cross-entropy on strong views"))
     semi_cls_weight: float = field(default=1.0, metadata=_h("lambda_c, weight of the class loss on labeled images"))
     semi_pseudo_hash: bool = field(default=True, metadata=_h("confident strong views join the base hashing loss with their pseudo-labels"))
+    semi_ema: float = field(default=0.0, metadata=_h("decay of an EMA of the weights that encodes (and is validated); 0: the trained weights"))
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.semi_threshold <= 1.0:
             raise ValueError(f"semi_threshold must be in [0, 1], got {self.semi_threshold}")
+        if not 0.0 <= self.semi_ema < 1.0:
+            raise ValueError(f"semi_ema must be in [0, 1), got {self.semi_ema}")
         for name in ("semi_weight", "semi_cls_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -71,9 +75,10 @@ class SemiSupervised(Method):
         ).to(device)
         params = list(self.net.parameters()) + list(self.loss.parameters())
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = WeightEMA(self.net) if self.args.semi_ema > 0 else None
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"net": self.net, "loss": self.loss}
+        return {"net": self.net, "loss": self.loss, **({"ema": self.ema} if self.ema is not None else {})}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt": self.opt}
@@ -83,12 +88,14 @@ class SemiSupervised(Method):
 
     def on_step(self, global_step: int) -> None:
         self.loss.on_step()
+        if self.ema is not None:
+            self.ema.update(self.net, self.args.semi_ema)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.net(x).u
+        return self.encoder()(x).u
 
     def encoder(self) -> nn.Module:
-        return self.net
+        return self.ema.net if self.ema is not None else self.net
 
     def _step(self, ctx: dict[str, Any]) -> LossOutput:
         a: SemiArgs = self.args
