@@ -33,7 +33,8 @@ CASES: dict[str, list[tuple[int, int, dict]]] = {
         (1, 64, {}),
         (3, 64, {"spectral_norm": True}),
     ],
-    "resnet18": [(3, 32, {}), (1, 32, {}), (3, 32, {"small_input": False}), (3, 64, {})],
+    "resnet18": [(3, 32, {}), (1, 32, {}), (3, 32, {"small_input": False}), (3, 64, {}), (1, 28, {})],
+    "wideconv": [(1, 8, {}), (1, 28, {}), (3, 32, {"width": 2}), (1, 28, {"width": 1.5, "dropout": 0.1})],
 }
 PARAMS = [
     pytest.param(name, c, s, kw, id=f"{name}-c{c}-{s}px" + "".join(f"-{k}={v}" for k, v in kw.items()))
@@ -289,3 +290,59 @@ def test_deterministic_given_seed(name: str) -> None:
     torch.manual_seed(124)
     c = create_hashing_net(name, nbits=8, n_classes=3, in_channels=channels, image_size=size, **kw)
     assert not torch.equal(a.hash_head.fc.weight, c.hash_head.fc.weight)
+
+
+# ------------------------------------------------------------------------------------------ wideconv
+def _n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_wideconv_is_smallconv_with_wider_stages() -> None:
+    from coophash.nets.smallconv import WIDECONV_WIDTH, default_widths
+
+    assert WIDECONV_WIDTH == 4
+    torch.manual_seed(0)
+    small = create_backbone("smallconv", in_channels=1, image_size=28)
+    torch.manual_seed(0)
+    same = create_backbone("wideconv", in_channels=1, image_size=28, width=1)
+    assert [(k, v.shape) for k, v in small.state_dict().items()] == [(k, v.shape) for k, v in same.state_dict().items()]
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    assert torch.equal(small(x), same(x))  # width 1 is smallconv, weight for weight
+    wide = create_backbone("wideconv", in_channels=1, image_size=28)  # default width 4
+    convs = [m.out_channels for m in wide.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [4 * 32, 4 * 64, 4 * 64] and default_widths(28) == (32, 64)
+    assert wide.num_features == 256 and wide(x).shape == (3, 256)
+    assert [m.out_channels for m in create_backbone("wideconv", image_size=28, width=2,
+                                                    widths=[8, 16]).modules()
+            if isinstance(m, nn.Conv2d)] == [16, 32, 32]
+
+
+def test_wideconv_parameters_grow_with_width() -> None:
+    counts = [_n_params(create_backbone("wideconv", in_channels=1, image_size=28, width=w)) for w in (1, 2, 4, 8)]
+    assert counts == sorted(counts) and len(set(counts)) == 4
+    assert counts[0] == _n_params(create_backbone("smallconv", in_channels=1, image_size=28)) == 318_560
+    assert counts[2] == 1_936_256 and counts[2] > 6 * counts[0]  # the default: about 6x smallconv
+    # the 3x3 convs grow with the square of the width: stage 2's two convs at width 8 are 4x those at width 4
+    c4, c8 = (sum(m.weight.numel() for m in create_backbone("wideconv", image_size=28, width=w).modules()
+                  if isinstance(m, nn.Conv2d) and m.in_channels > 1) for w in (4, 8))
+    assert c8 == 4 * c4
+
+
+@pytest.mark.parametrize("width", [0, -1, "4", True])
+def test_wideconv_rejects_bad_width(width: object) -> None:
+    with pytest.raises(ValueError, match="wideconv width must be a positive number"):
+        create_backbone("wideconv", image_size=28, width=width)
+
+
+def test_resnet18_and_wideconv_train_a_step_at_28px() -> None:
+    """Both over-fitting backbones take an optimiser step on 28 px one-channel images (MNIST's shape)."""
+    for name in ("resnet18", "wideconv"):
+        torch.manual_seed(0)
+        net = create_hashing_net(name, nbits=32, n_classes=10, in_channels=1, image_size=28)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        x = torch.rand(4, 1, 28, 28) * 2 - 1
+        before = [p.detach().clone() for p in net.parameters()]
+        loss = net(x).u.pow(2).mean() + net(x).logits.logsumexp(1).mean()
+        loss.backward()
+        opt.step()
+        assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()) if b.grad is not None)

@@ -2,6 +2,7 @@
 training unchanged by it, cache keys unchanged at its default, and each pipeline stage's time on its own."""
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,39 @@ def test_one_command_fakereg_reports_the_gan_stage_on_its_own(tmp_path):
     assert res.stage_seconds == table
     (fake_epoch,) = _epochs(tmp_path / "run")
     assert fake_epoch["seconds"] <= table["fakereg"]["wall_seconds"]
+
+
+# ------------------------------------------------------------------------------------------ benchmarks/overfit.yaml
+OVERFIT_SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "overfit.yaml"
+
+
+def test_overfit_suite_plans_both_arms_both_backbones_and_one_change_variants():
+    """The issue-12 grid: fakereg-dpsh vs dpsh with resnet18 and wideconv at 32 bits, 100/10/2% labels, 3 seeds,
+    one epoch count for every run; at 2% each variant differs from fakereg's defaults in one method argument."""
+    from coophash.methods.base import parse_method_args
+    from coophash.methods.fakereg import FakeRegArgs, FakeRegHashing
+    from coophash.suite import load_suite, plan_suite
+
+    suite = load_suite(OVERFIT_SUITE)
+    plan = plan_suite(suite)
+    assert plan.skipped == [] and plan.pending == [] and plan.seeds == [0, 1, 2]
+    assert {r.cfg.bits for r in plan.runs} == {32} and len({r.cfg.epochs for r in plan.runs}) == 1
+    assert {r.cfg.backbone for r in plan.runs} == {"resnet18", "wideconv"}
+    arms = {"dpsh-resnet18", "fakereg-dpsh-resnet18", "dpsh-wideconv", "fakereg-dpsh-wideconv"}
+    for name in arms:
+        assert sorted({r.cfg.label_fraction for r in plan.runs if r.method == name}) == [0.02, 0.1, 1.0]
+    variants = [r for r in plan.runs if r.method not in arms]
+    assert {r.cfg.label_fraction for r in variants} == {0.02} and len(variants) == 3 * 14
+    default = FakeRegArgs()
+    for r in variants:
+        assert r.cfg.method == "fakereg" and r.cfg.loss == "dpsh"
+        args = parse_method_args(FakeRegHashing, r.cfg.method_args)
+        changed = [k for k in vars(default) if getattr(args, k) != getattr(default, k)]
+        assert len(changed) == 1, (r.method, changed)
+    changed_args = {k for r in variants for k in r.cfg.method_args}
+    assert changed_args == {"fake_entropy", "fake_weight", "gan_conditional", "gan_epochs", "fake_bn"}
+    assert len(plan.runs) == 3 * (4 * 3 + 14) and {r.key for r in plan.runs_for("overfitting")} == {
+        r.key for r in plan.runs}
+    # the suite's configs build: the wide net and resnet18 on mnist5k's 28 px one-channel images
+    wide = next(r.cfg for r in plan.runs if r.cfg.backbone == "wideconv")
+    assert wide.backbone_args == {"width": 4}

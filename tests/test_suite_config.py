@@ -95,7 +95,7 @@ ERRORS = [
     ('  retrievals: {methods: []}',
      't.yaml: experiments.retrievals.methods must be a non-empty list of method names, found []'),
     ('  mian: {}',
-     "t.yaml: experiments: unknown kind(s) ['mian']; known: ['main', 'scarcity', 'unseen', 'cross_dataset', 'ood_detection', 'pr', 'cost', 'retrievals']"),
+     "t.yaml: experiments: unknown kind(s) ['mian']; known: ['main', 'scarcity', 'unseen', 'cross_dataset', 'ood_detection', 'pr', 'cost', 'retrievals', 'overfitting']"),
     ('  main: {colour: 1}',
      "t.yaml: experiments.main: unknown setting(s) ['colour']; known: ['grids']"),
 ]
@@ -110,10 +110,11 @@ def test_experiment_setting_errors_are_unchanged(experiments, message):
 
 def test_experiment_kinds_keep_their_order_and_checks_are_registered_by_kind():
     assert EXPERIMENTS == ("main", "scarcity", "unseen", "cross_dataset", "ood_detection", "pr", "cost",
-                           "retrievals")
+                           "retrievals", "overfitting")  # overfitting (issue 12) appended: the others keep order
     assert tuple(EXPERIMENT_DEFAULTS) == EXPERIMENTS
     assert set(_KIND_CHECKS) <= set(EXPERIMENTS)
-    assert set(_KIND_CHECKS) == {"main", "unseen", "cross_dataset", "ood_detection", "cost", "retrievals"}
+    assert set(_KIND_CHECKS) == {"main", "unseen", "cross_dataset", "ood_detection", "cost", "retrievals",
+                                 "overfitting"}
 
 
 def test_valid_settings_pass_and_top_gets_its_default_bits():

@@ -4,9 +4,11 @@ A rerun after a kill skips every cached result and continues with the rest; a ru
 resumes from its last checkpoint (its run folder is kept under ``<out>/runs/<key>``).
 
 A result holds the query-split metrics of the best checkpoint (``map@all``, ``precision@r2``, every other
-scalar under ``metrics`` and the ``pr_curve``) and, under ``extra``, what the optional ``extra_evals``
-callbacks computed from the trained model right after training (out-of-distribution scores, retrieval on
-another dataset, ...), so that no run folder has to be kept for later evaluations.  A cached result that
+scalar under ``metrics`` and the ``pr_curve``), the per-epoch ``curves`` of the run (validation and
+training-sample mAP, :func:`epoch_curves`; results cached before they were recorded have none) and, under
+``extra``, what the optional ``extra_evals`` callbacks computed from the trained model right after training
+(out-of-distribution scores, retrieval on another dataset, ...), so that no run folder has to be kept for
+later evaluations.  A cached result that
 lacks an extra evaluation now asked for is trained again (training is seeded, so it gives the same model).
 Configs train through :func:`coophash.pipeline.train` (every stage they need); a result is filed under the
 key of the config asked for (:func:`config_key`), never of a stage's derived config, so caches stay valid.
@@ -35,7 +37,8 @@ from coophash.train.progress import ProgressFn
 from coophash.train.trainer import Trainer
 from coophash.utils.io import atomic_write_text
 
-__all__ = ["config_key", "find_cached", "run_grid", "EvalContext", "load_results", "aggregate", "format_table"]
+__all__ = ["config_key", "find_cached", "run_grid", "EvalContext", "load_results", "aggregate", "format_table",
+           "epoch_curves"]
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +206,7 @@ def _record(key: str, cfg: TrainConfig, result: StageResult, run_dir: Path) -> d
         "best_epoch": res["best_epoch"],
         "seconds_per_epoch": _epoch_seconds(run_dir),
         "epoch_seconds": _epoch_seconds_list(run_dir),
+        "curves": epoch_curves(run_dir),
         "steps_per_epoch": result.trainer.schedule.steps_per_epoch,
         "metrics": {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         "pr_curve": res.get("pr_curve"),
@@ -226,6 +230,23 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _optional_float(value: Any) -> Optional[float]:
+    return None if value is None else float(value)
+
+
+def epoch_curves(run_dir: Path) -> dict[str, list]:
+    """The per-epoch curves of a run, from its metrics.jsonl: ``epoch``, ``val_map`` and ``train_map`` lists.
+
+    ``val_map`` is the validation mAP@all the trainer selects the best epoch by, ``train_map`` the mAP@all of
+    its fixed sample of labeled training images (``TrainConfig.train_map_every``); an epoch that did not log
+    one holds None there.  Their difference is the over-fitting gap the suite report shows.
+    """
+    recs = [r for r in runs.read_metrics(run_dir / runs.METRICS) if "epoch" in r and not r.get("final")]
+    return {"epoch": [int(r["epoch"]) for r in recs],
+            "val_map": [_optional_float(r.get("val_map")) for r in recs],
+            "train_map": [_optional_float(r.get("train_map")) for r in recs]}
 
 
 def _epoch_seconds_list(run_dir: Path) -> list[float]:

@@ -1,8 +1,11 @@
 """Stage 2 of fake-image regularised hashing (DESIGN.md §2, seed 001): supervised loss + λ · max-entropy on fakes.
 
 Each step the hashing network sees the labeled real batch and ``fake_batch_size`` fake images drawn (with
-replacement, torch's global generator, which the trainer checkpoints) from the fakes file, in one forward
-pass (so batch norm sees real and fake images together).  The loss is
+replacement, torch's global generator, which the trainer checkpoints) from the fakes file.  ``fake_bn``
+says how batch norm sees them: ``mixed`` (default) puts real and fake images in one forward pass, normalised
+together (the running statistics then mix both); ``separate`` gives the fakes a forward pass of their own,
+normalised by their own batch statistics, and leaves the running statistics (hence the test-time network)
+to the real images alone.  The loss is
 
     L = L_sup(real)  +  fake_weight · L_ent(fake)
 
@@ -20,12 +23,14 @@ reads the fakes.  ``fake_weight = 0`` trains exactly the supervised baseline (no
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from coophash.config import TrainConfig
 from coophash.fakes import Fakes, load_fakes
@@ -40,9 +45,34 @@ from coophash.losses.entropy import (
 from coophash.methods.base import DataInfo, Method, register_method
 from coophash.methods.gan import GanArgs
 from coophash.methods.supervised import SupervisedHashing
+from coophash.nets.output import HashOutput
 from coophash.utils.meter import RunningMeans
 
-__all__ = ["FakeRegArgs", "FakeRegHashing"]
+__all__ = ["FAKE_BN_MODES", "FakeRegArgs", "FakeRegHashing", "frozen_norm_statistics"]
+
+#: How batch norm sees the fakes: with the real batch in one pass, or in a pass of their own.
+FAKE_BN_MODES = ("mixed", "separate")
+
+
+@contextlib.contextmanager
+def frozen_norm_statistics(net: nn.Module) -> Iterator[None]:
+    """Forward passes whose batch-norm layers normalise by their batch but leave the running statistics alone.
+
+    Inside the block every normalisation layer of ``net`` that tracks running statistics stops tracking them
+    (``track_running_stats = False``): in training mode it still normalises by the statistics of the batch it
+    sees and passes gradients through them, but its ``running_mean``, ``running_var`` and
+    ``num_batches_tracked`` are neither read nor written (not even touched, so autograd's saved tensors of
+    other passes stay valid).  On exit the flags are put back.  Nothing random is drawn and no state is added,
+    so a killed run resumes as before.
+    """
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True
 
 
 @dataclass
@@ -58,6 +88,11 @@ class FakeRegArgs(GanArgs):
     )
     fake_class_weight: float = field(
         default=1.0, metadata={"help": "Cross-entropy weight on real labeled images (fake_entropy=classes)."}
+    )
+    fake_bn: str = field(
+        default="mixed", metadata={"help": "Batch norm and fakes: mixed (one pass with the real batch, normalised "
+                                           "together) or separate (their own pass and batch statistics; the "
+                                           "running statistics see real images only)."}
     )
     gan_dir: str = field(default="", metadata={"help": "Folder of the one-command GAN stage (default <out>/gans/<key>)."})
     gan_epochs: int = field(default=15, metadata={"help": "GAN epochs of the one-command path."})
@@ -79,6 +114,8 @@ class FakeRegHashing(SupervisedHashing):
             raise ValueError(f"fake_weight must be >= 0, got {a.fake_weight}")
         if a.fake_batch_size < 1:
             raise ValueError(f"fake_batch_size must be >= 1, got {a.fake_batch_size}")
+        if a.fake_bn not in FAKE_BN_MODES:
+            raise ValueError(f"fake_bn must be one of {FAKE_BN_MODES}, got {a.fake_bn!r}")
         self.classes = a.fake_entropy == "classes"
         # the supervised method builds net, loss and optimiser, so fake_weight=0 reproduces it exactly
         SupervisedHashing.__init__(self, cfg, info, device)
@@ -109,14 +146,12 @@ class FakeRegHashing(SupervisedHashing):
     def _hash_step(self, ctx: dict[str, Any]) -> LossOutput:
         a: FakeRegArgs = self.args
         x, y, labeled = ctx["x"], ctx["y"], ctx["labeled"]
-        n = x.shape[0]
         use_fakes = a.fake_weight > 0
         if use_fakes:
             fakes = self.fakes()
             idx = torch.randint(0, len(fakes), (max(1, rank_share(a.fake_batch_size)),))  # this rank's share
             xf = fakes.batch(idx, self.device).to(x.dtype)
-            out = self.net(torch.cat([x, xf], dim=0))
-            real, fake = out.select(slice(0, n)), out.select(slice(n, None))
+            real, fake = self._forward_real_and_fake(x, xf)
         else:
             real, fake = self.net(x), None
         sup = global_batch_loss(self.loss, real, y, labeled)
@@ -134,6 +169,17 @@ class FakeRegHashing(SupervisedHashing):
                 self._diag.add({"fake_bit_entropy": bernoulli_entropy_from_logits(2 * fake.pre.float()).mean(),
                                 "fake_abs_u": fake.u.abs().mean(), "real_abs_u": real.u.abs().mean()})
         return LossOutput(total, terms)
+
+    def _forward_real_and_fake(self, x: Tensor, xf: Tensor) -> tuple[HashOutput, HashOutput]:
+        """The network's outputs on the real batch ``x`` and the fakes ``xf`` (one or two passes, ``fake_bn``)."""
+        if self.args.fake_bn == "separate":
+            real = self.net(x)
+            with frozen_norm_statistics(self.net):
+                fake = self.net(xf)
+            return real, fake
+        out = self.net(torch.cat([x, xf], dim=0))
+        n = x.shape[0]
+        return out.select(slice(0, n)), out.select(slice(n, None))
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Mean entropy and |u| of the fakes' (and real images') codes over the epoch (``fakereg/...``)."""

@@ -1,4 +1,8 @@
-"""A small, fast conv trunk for 8–64 px images (MNIST, scikit-learn digits, CIFAR-size crops)."""
+"""A small, fast conv trunk for 8–64 px images (MNIST, scikit-learn digits, CIFAR-size crops), and its wide form.
+
+``wideconv`` is the same layout with every stage ``width`` times wider (default 4): many more parameters on
+the same images, the over-fitting regime of the fake-image regulariser (issue 12).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,14 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from coophash.nets.registry import register_backbone
 
-__all__ = ["SmallConv", "smallconv", "smallconv_nobn"]
+__all__ = ["SmallConv", "default_widths", "smallconv", "smallconv_nobn", "wideconv", "WIDECONV_WIDTH"]
+
+#: Default width multiplier of ``wideconv`` (28 px: stages of 128 and 256 channels, about 6x smallconv's
+#: parameters and about 15x its multiply-adds).
+WIDECONV_WIDTH = 4
 
 
-def _default_widths(image_size: int) -> tuple[int, ...]:
+def default_widths(image_size: int) -> tuple[int, ...]:
     """Stage widths: two stages up to 32 px, one more per doubling of the side beyond that."""
     widths = [32, 64]
     size = 32
@@ -58,7 +66,7 @@ class SmallConv(nn.Module):
             raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
         if image_size < 2:
             raise ValueError(f"image_size must be >= 2 px for smallconv, got {image_size}")
-        widths = tuple(widths) if widths is not None else _default_widths(image_size)
+        widths = tuple(widths) if widths is not None else default_widths(image_size)
         if not widths:
             raise ValueError("widths must name at least one stage")
         if convs_per_stage is None:
@@ -132,3 +140,19 @@ def smallconv_nobn(in_channels: int = 1, image_size: int = 28, **kw: object) -> 
     kw.setdefault("pool", "avg")
     kw.setdefault("negative_slope", 0.2)
     return SmallConv(in_channels=in_channels, image_size=image_size, **kw)  # type: ignore[arg-type]
+
+
+@register_backbone("wideconv")
+def wideconv(in_channels: int = 1, image_size: int = 28, width: float = WIDECONV_WIDTH, **kw: object) -> SmallConv:
+    """``smallconv`` with every stage ``width`` times wider (batch norm, ReLU; default 4).
+
+    Stage widths are ``round(width * w)`` of smallconv's (or of ``widths`` when given); the other options
+    (``convs_per_stage``, ``num_features``, ``grid``, ``dropout``, ...) are smallconv's.  ``width=1`` is smallconv.
+    """
+    if not isinstance(width, (int, float)) or isinstance(width, bool) or not width > 0:
+        raise ValueError(f"wideconv width must be a positive number, got {width!r}")
+    base = kw.pop("widths", None)
+    base = tuple(base) if base is not None else default_widths(image_size)  # type: ignore[call-overload]
+    kw.setdefault("norm", "batch")
+    widths = tuple(max(1, round(float(width) * w)) for w in base)
+    return SmallConv(in_channels=in_channels, image_size=image_size, widths=widths, **kw)  # type: ignore[arg-type]

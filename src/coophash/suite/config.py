@@ -61,6 +61,8 @@ EXPERIMENT_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
     # static HTML page of sample retrievals (top-k per query, correct ones marked)
     "retrievals": {"bits": 32, "label_fraction": 1.0, "seed": None, "n_queries": 10, "k": 10,
                    "sections": ["main", "unseen", "cross_dataset"], "methods": None},
+    # training-sample against validation mAP per epoch (from the main results at ``bits``; methods: all)
+    "overfitting": {"bits": 32, "methods": None},
 }
 EXPERIMENTS = tuple(EXPERIMENT_DEFAULTS)
 _TOP_KEYS = ("name", "description", "defaults", "seeds", "methods", "experiments")
@@ -251,7 +253,7 @@ def _parse_experiments(raw: Any, source: str, method_names: list[str]) -> dict[s
                 merged[k] = v
         _check_experiment(kind, merged, source, where, method_names)
         out[kind] = merged
-    for kind, needs in (("scarcity", "main"), ("pr", "main")):
+    for kind, needs in (("scarcity", "main"), ("pr", "main"), ("overfitting", "main")):
         if kind in out and needs not in out:
             raise SuiteError(f"{source}: experiments.{kind} reads the results of experiments.{needs}; add it")
     if "ood_detection" in out:
@@ -396,6 +398,13 @@ def _check_retrievals(c: _Settings) -> None:
            "sections", "a list of 'main', 'unseen', 'cross_dataset'", s["sections"])
     if s["methods"] is not None:
         c.methods(s["methods"], "methods")
+
+
+@_KIND_CHECKS.register("overfitting")
+def _check_overfitting(c: _Settings) -> None:
+    """The methods whose curves the over-fitting section shows (null: every method)."""
+    if c.s["methods"] is not None:
+        c.methods(c.s["methods"], "methods")
 
 
 def _check_method_list(value: Any, source: str, where: str, method_names: list[str]) -> None:

@@ -171,6 +171,13 @@ class _Planner:
                         self.ranked.setdefault((bits, float(lf)), {})[run.key] = run
                         if "scarcity" in exps and bits == exps["scarcity"]["bits"]:
                             self.add(mname, seed, "scarcity", bits=bits, label_fraction=float(lf))
+                        if self._overfitting_wanted(bits, mname):
+                            self.add(mname, seed, "overfitting", bits=bits, label_fraction=float(lf))
+
+    def _overfitting_wanted(self, bits: int, mname: str) -> bool:
+        """Whether the over-fitting section reads the main run of ``mname`` at ``bits``."""
+        s = self.exps.get("overfitting")
+        return s is not None and bits == s["bits"] and (s["methods"] is None or mname in s["methods"])
 
     def _grid_methods(self, gi: int, grid: Mapping[str, Any], bits: int, lf: float) -> list[str]:
         """The method entries of one main-grid cell: listed ones, then the ``top`` ranked ones once known."""

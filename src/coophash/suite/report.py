@@ -17,6 +17,7 @@ import numpy as np
 
 from coophash.plots import plot_pr_curve
 from coophash.suite.html import write_retrievals
+from coophash.suite.overfitting import has_curves, mean_curve, plot_overfitting, run_summary
 from coophash.utils.io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["write_report", "build_results", "stats", "fmt_stats"]
@@ -29,6 +30,11 @@ _EXPLAIN = {
                      "training image size, split by a protocol seeded by the run seed.",
     "ood_detection": "AUROC of the method's `ood_score` (CoopHash: the energy −f(x); higher = more unusual) "
                      "separating in-distribution images from out-of-distribution queries; 0.5 = chance.",
+    "overfitting": "Per epoch, each run logs the mAP@all of a fixed seeded sample of up to 500 labeled training "
+                   "images retrieving from the rest of train (*train*) beside the validation mAP@all (*val*, which "
+                   "selects the best epoch). Final train: train mAP at the last epoch; best val: val mAP of the "
+                   "selected epoch; gap: train − val at the selected epoch and at the last epoch (a gap that grows "
+                   "over the epochs is over-fitting); mean ± sample std over seeds (n).",
 }
 
 
@@ -107,6 +113,8 @@ def build_results(sr: Any, command: str = "", note: str = "") -> dict[str, Any]:
     if "scarcity" in exps:
         bits = str(exps["scarcity"]["bits"])
         res["scarcity"] = {"bits": int(bits), "map@all": res.get("main", {}).get(bits, {})}
+    if "overfitting" in exps:
+        res["overfitting"] = _overfitting(sr, methods)
     if "unseen" in exps:
         res["unseen"] = {m: stats(rec["map@all"] for run, rec in _rows(sr, "unseen") if run.method == m)
                          for m in methods}
@@ -168,6 +176,31 @@ def _main_table(sr: Any) -> dict[str, dict[str, dict[str, Any]]]:
     for (bits, m, lf), vals in groups.items():
         main.setdefault(str(bits), {}).setdefault(m, {})[f"{lf:g}"] = stats(vals)
     return main
+
+
+def _overfitting(sr: Any, methods: list[str]) -> dict[str, Any]:
+    """Per method → label fraction (``f"{lf:g}"``): final train mAP, best val mAP, gaps, and the mean curves.
+
+    A cell whose runs have no per-epoch curves (cached before they were recorded) has status ``no curves``."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for run, rec in _rows(sr, "overfitting"):
+        groups.setdefault((run.method, run.cfg.label_fraction), []).append(rec)
+    out: dict[str, Any] = {"bits": int(sr.plan.suite.experiments["overfitting"]["bits"]), "methods": {}}
+    for m in methods:
+        for lf in sorted({lf for (mm, lf) in groups if mm == m}, reverse=True):
+            recs = groups[(m, lf)]
+            with_curves = [r for r in recs if has_curves(r)]
+            sums = [run_summary(r) for r in with_curves]
+            entry: dict[str, Any] = {
+                "status": "ok" if with_curves else "no curves", "runs": len(recs), "with_curves": len(with_curves),
+                "best_val_map": stats(r.get("best_val_map") for r in recs),
+                "best_epoch": stats(r.get("best_epoch") for r in recs),
+                **{k: stats(s[k] for s in sums if s) for k in ("final_train_map", "gap_at_best", "gap_at_last")},
+            }
+            if with_curves:
+                entry["curve"] = mean_curve([r["curves"] for r in with_curves])
+            out["methods"].setdefault(m, {})[f"{lf:g}"] = entry
+    return out
 
 
 def _ood_entry(sr: Any, m: str, against_kinds: list[str]) -> dict[str, Any]:
@@ -275,6 +308,28 @@ def plot_scarcity(res: Mapping[str, Any], path: Path) -> Optional[Path]:
     return path
 
 
+def _overfitting_lfs(res: Mapping[str, Any]) -> list[str]:
+    """The label fractions of the over-fitting section, largest first (``f"{lf:g}"`` strings)."""
+    per = res.get("overfitting", {}).get("methods", {})
+    return sorted({lf for d in per.values() for lf in d}, key=float, reverse=True)
+
+
+def plot_overfitting_curves(res: Mapping[str, Any], out: Path) -> dict[str, Path]:
+    """One PNG per label fraction (``overfitting-lf<lf>.png``): mean train and val mAP per epoch per method.
+
+    Returns ``{"overfitting-lf<lf>": path}`` for the label fractions with at least one curve."""
+    files: dict[str, Path] = {}
+    per = res.get("overfitting", {}).get("methods", {})
+    for lf in _overfitting_lfs(res):
+        curves = {m: d[lf]["curve"] for m, d in per.items() if lf in d and d[lf].get("curve")}
+        title = (f"Train sample (dashed) vs validation (solid) mAP@all, mean over seeds\n"
+                 f"{res['overfitting']['bits']} bits, labels {_pct(float(lf))}")
+        p = plot_overfitting(curves, out / f"overfitting-lf{lf}.png", title)
+        if p:
+            files[f"overfitting-lf{lf}"] = p
+    return files
+
+
 def plot_pr(res: Mapping[str, Any], path: Path, title: str) -> Optional[Path]:
     """Mean precision-recall curves over Hamming radii, one line per method."""
     curves = {m: d["curve"] for m, d in res.get("pr", {}).items() if d.get("curve")}
@@ -301,6 +356,8 @@ def render_markdown(res: Mapping[str, Any], files: Mapping[str, Path]) -> str:
         lines += _md_main(res)
     if "scarcity" in res:
         lines += _md_scarcity(res, files)
+    if "overfitting" in res:
+        lines += _md_overfitting(res, files)
     if "unseen" in res or "cross_dataset" in res:
         lines += _md_ood_retrieval(res)
     if "ood_detection" in res:
@@ -379,6 +436,44 @@ def _md_scarcity(res: Mapping[str, Any], files: Mapping[str, Path]) -> list[str]
     lines += [f"mAP@all against the labeled fraction of train at {res['scarcity']['bits']} bits (the main table's "
               "numbers).", ""]
     return lines
+
+
+def _md_overfitting(res: Mapping[str, Any], files: Mapping[str, Path]) -> list[str]:
+    """Per label fraction: the train/val curves plot, then one row per method (or "no curves")."""
+    of = res["overfitting"]
+    lines = ["## Over-fitting", "", f"{of['bits']} bits. " + _EXPLAIN["overfitting"], ""]
+    lfs = _overfitting_lfs(res)
+    if not lfs:
+        return lines + ["No run of this section has finished yet.", ""]
+    if not any(e["with_curves"] for d in of["methods"].values() for e in d.values()):
+        lines += ["No curves: every cached run of this section predates per-epoch curves (rerun them to get "
+                  "them).", ""]
+    for lf in lfs:
+        lines += [f"### Labels {_pct(float(lf))}", ""]
+        if files.get(f"overfitting-lf{lf}"):
+            lines += [f"![train and validation mAP per epoch, labels {_pct(float(lf))}]"
+                      f"({files[f'overfitting-lf{lf}'].name})", ""]
+        rows = [_overfitting_row(m, d[lf]) for m, d in of["methods"].items() if lf in d]
+        lines += _table(["method", "final train mAP", "best val mAP", "gap at best epoch", "gap at last epoch",
+                         "best epoch", "runs with curves"], rows) + [""]
+    return lines
+
+
+def _overfitting_row(m: str, e: Mapping[str, Any]) -> list[str]:
+    """One method's row of an over-fitting table; "no curves" where its runs predate per-epoch curves."""
+    train = g_best = g_last = "no curves"
+    if e["with_curves"]:
+        train = fmt_stats(e["final_train_map"])
+        g_best, g_last = _fmt_signed(e["gap_at_best"]), _fmt_signed(e["gap_at_last"])
+    return [m, train, fmt_stats(e["best_val_map"]), g_best, g_last, fmt_stats(e["best_epoch"], 1),
+            f"{e['with_curves']} of {e['runs']}"]
+
+
+def _fmt_signed(s: Optional[Mapping[str, Any]], digits: int = 4) -> str:
+    """``+mean ± std (n)`` (sign always shown), or an en dash."""
+    if not s or not s.get("n"):
+        return "–"
+    return f"{s['mean']:+.{digits}f} ± {s['std']:.{digits}f} ({s['n']})"
 
 
 def _md_ood_retrieval(res: Mapping[str, Any]) -> list[str]:
@@ -490,6 +585,8 @@ def write_report(sr: Any, command: str = "", note: str = "") -> dict[str, Path]:
     files: dict[str, Path] = {}
     if "scarcity" in res and (p := plot_scarcity(res, out / "scarcity.png")):
         files["scarcity"] = p
+    if "overfitting" in res:
+        files.update(plot_overfitting_curves(res, out))
     if "pr" in res:
         e = res["experiments"]["pr"]
         p = plot_pr(res, out / "pr_curves.png",
