@@ -188,6 +188,9 @@ def test_cli_and_api_apply_the_method_defaults(tmp_path):
     assert Hasher(method="semi")._config("digits").unlabeled_batch_size == 64
     assert Hasher(method="semi", unlabeled_batch_size=4)._config("digits").unlabeled_batch_size == 4
     assert Hasher()._config("digits").backbone == "smallconv"
+    coop = build_config(None, {"method": "coophash"}, [])  # config.yaml names the trunk CoopHash really builds
+    assert (coop.backbone, coop.unlabeled_batch_size) == ("smallconv-nobn", 64)
+    assert Hasher(method="coophash")._config("digits").backbone == "smallconv-nobn"
 
 
 def test_semi_is_listed_by_the_cli():

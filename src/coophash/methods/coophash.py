@@ -51,7 +51,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -201,6 +201,8 @@ class CoopHash(Method):
 
     uses_unlabeled = True
     Args = CoopHashArgs
+    # the trunk it really uses (no batch norm) and a batch of unlabeled images for the density and pseudo-labels
+    config_defaults: ClassVar[dict[str, Any]] = {"backbone": "smallconv-nobn", "unlabeled_batch_size": 64}
 
     def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device) -> None:
         super().__init__(cfg, info, device)
