@@ -20,7 +20,7 @@ from coophash.train.trainer import Trainer, prepare_data
 
 # Small networks and schedules per method, so that each one trains in a few seconds.
 TINY_ARGS: dict[str, dict] = {
-    "coophash": dict(coop_warmup_epochs=0.0, coop_ramp_epochs=0.5, coop_pairs=4, langevin_steps=2,
+    "coophash": dict(coop_warmup_epochs=0.0, coop_ramp_epochs=0.5, coop_pairs=4, langevin_steps=2, coop_ema_encode=0.9,
                      coop_gen_width=8, coop_latent_dim=8),
     "gan": dict(gan_width=8, gan_latent_dim=8, n_fakes=64),
     "semi": dict(semi_threshold=0.5, semi_ema=0.9),  # low tau: a tiny run must reach confident pseudo-labels

@@ -236,3 +236,18 @@ def test_semi_with_ema_encodes_with_the_average():
     assert torch.equal(m.encode(x), m.ema.net(x).u) and not torch.equal(m.encode(x), m.net(x).u)
     with pytest.raises(ValueError, match="semi_ema"):
         _method(semi_ema=1.0)
+
+
+def test_coophash_with_ema_encode_encodes_with_the_average():
+    torch.manual_seed(0)
+    cfg = TrainConfig(method="coophash", backbone="smallconv-nobn", bits=16, method_args={"coop_ema_encode": 0.5})
+    m = create_method(cfg, DataInfo(n_classes=4, channels=1, image_size=8, n_train=64), torch.device("cpu"))
+    assert "weight_ema" in m.modules()
+    with torch.no_grad():
+        for p in m.desc.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    m.on_step(0)
+    m.train(False)
+    x = _ctx()["x"]
+    assert torch.allclose(m.encode(x), m.weight_ema.net.encode(x)) and not torch.allclose(m.encode(x), m.desc.encode(x))
+    assert torch.equal(m.encoder()(x).u, m.encode(x))

@@ -81,6 +81,7 @@ from coophash.nets.descriptor import (
     MultipurposeDescriptor,
     log_p_y_given_x,
 )
+from coophash.nets.ema import WeightEMA
 from coophash.nets.pair_generator import PairGenerator
 
 __all__ = ["CoopHash", "CoopHashArgs", "CHAIN_INITS", "GATES"]
@@ -161,6 +162,7 @@ class CoopHashArgs:
     coop_pseudo_hash_weight: float = field(default=0.0, metadata=_h("weight of the base hash loss on labeled rows + confident pseudo-labeled strong views (added to the plain hash loss)"))
     coop_gate: str = field(default="head", metadata=_h("what gates generated pairs: none, head (the descriptor's own category head) or ema (an EMA classifier on a strong view, never revised towards)"))
     coop_ema_decay: float = field(default=0.999, metadata=_h("decay of the EMA classifier of --coop-gate ema"))
+    coop_ema_encode: float = field(default=0.0, metadata=_h("decay of an EMA of the descriptor's weights that encodes (and is validated); 0: the trained weights"))
 
     def __post_init__(self) -> None:
         if self.langevin_form not in ("sgld", "coopnets"):
@@ -180,6 +182,8 @@ class CoopHashArgs:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.coop_buffer_size < 0 or self.coop_buffer_batch < 1:
             raise ValueError("coop_buffer_size must be >= 0 and coop_buffer_batch >= 1")
+        if not 0.0 <= self.coop_ema_encode < 1.0:
+            raise ValueError(f"coop_ema_encode must be in [0, 1), got {self.coop_ema_encode}")
         for name in ("coop_buffer_reinit", "coop_pseudo_threshold", "coop_ema_decay"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -242,7 +246,8 @@ class CoopHash(Method):
             pseudo_threshold=a.coop_pseudo_threshold,
         )
         self.steps_per_epoch = max(1, math.ceil(info.n_train / cfg.batch_size))
-        self._encoder = DescriptorEncoder(self.desc)
+        self.weight_ema = WeightEMA(self.desc).to(device) if a.coop_ema_encode > 0 else None
+        self._encoder = DescriptorEncoder(self.desc if self.weight_ema is None else self.weight_ema.net)
         if cfg.unlabeled_batch_size == 0 and cfg.label_fraction < 1.0 and not a.coop_no_unlabeled_density:
             log.warning("coophash: unlabeled_batch_size is 0, so unlabeled images never reach the density term")
 
@@ -254,6 +259,8 @@ class CoopHash(Method):
             mods["buffer"] = self.buffer
         if self.ema is not None:
             mods["ema"] = self.ema
+        if self.weight_ema is not None:
+            mods["weight_ema"] = self.weight_ema
         return mods
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -275,9 +282,11 @@ class CoopHash(Method):
         if self.ema is not None:  # mean teacher's warm-up: a plain average over the first 1/(1 − decay) steps
             t = global_step + 1
             self.ema.update(self.desc, min(self.args.coop_ema_decay, 1.0 - 1.0 / (t + 1)))
+        if self.weight_ema is not None:
+            self.weight_ema.update(self.desc, self.args.coop_ema_encode)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.desc.encode(x)
+        return self._encoder.encode(x)
 
     def encoder(self) -> nn.Module:
         return self._encoder
