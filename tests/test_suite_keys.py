@@ -17,7 +17,8 @@ from coophash.suite import load_suite, plan_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: The runs of ``coophash bench smoke`` (out=bench/smoke, default device), in training order.
+#: The runs of ``coophash bench smoke`` (out=bench/smoke, default device), in training order (the semi-dpsh
+#: keys were added with the method; every older key is unchanged).
 SMOKE_KEYS = [
     'supervised-dsh-32b-lf1-s0-d677e55e7b',
     'supervised-dpsh-32b-lf1-s0-3ffb647d64',
@@ -26,6 +27,7 @@ SMOKE_KEYS = [
     'supervised-greedyhash-32b-lf1-s0-6e6413c354',
     'supervised-orthohash-32b-lf1-s0-f832528ea5',
     'coophash-dpsh-32b-lf1-s0-9ca4343d97',
+    'semi-dpsh-32b-lf1-s0-201c2111b2',
     'fakereg-dpsh-32b-lf1-s0-9829352687',
     'supervised-dsh-32b-lf0.1-s0-64429eb192',
     'supervised-dpsh-32b-lf0.1-s0-35736ca37f',
@@ -34,6 +36,7 @@ SMOKE_KEYS = [
     'supervised-greedyhash-32b-lf0.1-s0-83cf56cbbb',
     'supervised-orthohash-32b-lf0.1-s0-4237321569',
     'coophash-dpsh-32b-lf0.1-s0-a05c33070a',
+    'semi-dpsh-32b-lf0.1-s0-9da4a5032d',
     'fakereg-dpsh-32b-lf0.1-s0-6f8ecfad62',
     'supervised-dpsh-16b-lf0.1-s0-0c34864189',
     'coophash-dpsh-16b-lf0.1-s0-d1145231c1',
@@ -44,6 +47,7 @@ SMOKE_KEYS = [
     'supervised-greedyhash-32b-lf1-s0-e07790390d',
     'supervised-orthohash-32b-lf1-s0-1a7d1bf69e',
     'coophash-dpsh-32b-lf1-s0-cbe93a37fe',
+    'semi-dpsh-32b-lf1-s0-ec7bbf3067',
     'fakereg-dpsh-32b-lf1-s0-dc6891e73d',
 ]
 

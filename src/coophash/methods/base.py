@@ -123,13 +123,19 @@ def list_methods() -> list[str]:
 def apply_method_defaults(data: dict[str, Any], given: set[str]) -> dict[str, Any]:
     """``data`` (a config dict) with the ``config_defaults`` of its method filled into fields not in ``given``.
 
-    An unknown method name leaves ``data`` as it is (the config check reports it).
+    ``method_args`` of the defaults (a method's recipe) are merged under the user's: each argument the user set
+    wins, the recipe fills the others, so ``config.yaml`` records every value the run used.  An unknown method
+    name leaves ``data`` as it is (the config check reports it).
     """
     try:
         cls = METHODS.get(str(data.get("method", "supervised")))
     except UnknownName:
         return data
-    return {**data, **{k: v for k, v in cls.config_defaults.items() if k not in given}}
+    out = {**data, **{k: v for k, v in cls.config_defaults.items() if k not in given and k != "method_args"}}
+    recipe = cls.config_defaults.get("method_args")
+    if recipe:
+        out["method_args"] = {**recipe, **dict(data.get("method_args") or {})}
+    return out
 
 
 def parse_method_args(cls: type[Method], values: dict[str, Any]) -> Any:
