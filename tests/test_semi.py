@@ -1,4 +1,5 @@
-"""Pseudo-label consistency (losses/semi.py), strong augmentation, the ``semi`` method and method defaults."""
+"""Scarce labels: pseudo-labels (losses/semi.py), strong augmentation, the ``semi`` method, method recipes, the
+weight EMA that encodes, and CoopHash on a batch-norm trunk (generated images on running statistics only)."""
 from __future__ import annotations
 
 import math
@@ -251,3 +252,50 @@ def test_coophash_with_ema_encode_encodes_with_the_average():
     x = _ctx()["x"]
     assert torch.allclose(m.encode(x), m.weight_ema.net.encode(x)) and not torch.allclose(m.encode(x), m.desc.encode(x))
     assert torch.equal(m.encoder()(x).u, m.encode(x))
+
+
+# -- CoopHash on a batch-norm trunk: generated images never touch the batch statistics --------------
+def test_running_statistics_context_freezes_and_restores_batch_norm():
+    from coophash.nets.norm import running_statistics
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5))
+    net.train()
+    before = net[1].running_mean.clone()
+    x = torch.randn(8, 3, requires_grad=True)
+    with running_statistics(net):
+        y = net[:2](x)
+        assert not net[1].training and net[2].training  # only batch norm switches
+    y.sum().backward()
+    assert torch.equal(net[1].running_mean, before) and x.grad is not None
+    assert net[1].training
+    one = net[:2].eval()(x[:1])  # per-image: the same as in a batch
+    net.train()
+    with running_statistics(net):
+        assert torch.allclose(net[:2](x)[:1], one)
+
+
+def test_coophash_batch_norm_trunk_keeps_generated_images_out_of_the_statistics():
+    from coophash.nets.norm import batch_norm_layers
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(method="coophash", backbone="smallconv", bits=16, unlabeled_batch_size=8, method_args={
+        "coop_trunk_norm": "batch", "coop_warmup_epochs": 0.0, "coop_ramp_epochs": 0.0, "coop_pairs": 4,
+        "langevin_steps": 2, "coop_gen_width": 8, "coop_latent_dim": 8})
+    m = create_method(cfg, DataInfo(n_classes=4, channels=1, image_size=8, n_train=64), torch.device("cpu"))
+    m.train(True)
+    ctx = _ctx()
+    stats = [b.running_mean.clone() for b in batch_norm_layers(m.desc)]
+    m.phases()[0].fn(ctx)  # revision: Langevin on running statistics, nothing updated
+    assert all(torch.equal(a, b.running_mean) for a, b in zip(stats, batch_norm_layers(m.desc)))
+    assert ctx["coop"]["x_tilde"].shape[0] == 8
+    import copy
+
+    reference = copy.deepcopy(m.desc)  # the statistics a pass over the real rows alone would leave
+    reference.train(True)
+    reference(ctx["x_all"])
+    out = m.phases()[1].fn(ctx)  # descriptor step: real rows on batch statistics, revised rows on running ones
+    assert math.isfinite(float(out.total))
+    for mine, ref, old in zip(batch_norm_layers(m.desc), batch_norm_layers(reference), stats):
+        assert torch.allclose(mine.running_mean, ref.running_mean) and not torch.equal(mine.running_mean, old)
+    with pytest.raises(ValueError, match="batch norm"):
+        create_method(cfg.replace(backbone="smallconv-nobn"), DataInfo(4, 1, 8, 64), torch.device("cpu"))

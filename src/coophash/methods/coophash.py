@@ -47,6 +47,7 @@ and wires the formulas into the three phases, with the warm-up/ramp schedule and
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -78,10 +79,12 @@ from coophash.nets.descriptor import (
     DENSITY_FORMS,
     CategoryEMA,
     DescriptorEncoder,
+    DescriptorOutput,
     MultipurposeDescriptor,
     log_p_y_given_x,
 )
 from coophash.nets.ema import WeightEMA
+from coophash.nets.norm import running_statistics
 from coophash.nets.pair_generator import PairGenerator
 
 __all__ = ["CoopHash", "CoopHashArgs", "CHAIN_INITS", "GATES"]
@@ -108,7 +111,7 @@ class CoopHashArgs:
     coop_density_hidden: int = field(default=0, metadata=_h("hidden units of the density head's own layer (0: linear)"))
     coop_spectral_norm: bool = field(default=False, metadata=_h("spectral norm on the descriptor trunk's weights"))
     coop_init: str = field(default="kaiming", metadata=_h("descriptor trunk init: kaiming (He-normal, leaky ReLU) or default (PyTorch's)"))
-    coop_trunk_norm: str = field(default="none", metadata=_h("per-sample normalisation in the trunk: none or group (GroupNorm/LayerNorm; never batch norm)"))
+    coop_trunk_norm: str = field(default="none", metadata=_h("normalisation in the trunk: none, group (GroupNorm/LayerNorm, per sample) or batch (the batch-norm trunk smallconv; generated images always pass on its running statistics, never batch statistics)"))
     coop_s: float = field(default=0.016, metadata=_h("std s of the reference Gaussian N(0, s^2 I) of p_theta (CoopNets form)"))
     # Langevin revision
     langevin_form: str = field(default="sgld", metadata=_h("Langevin parameterisation: sgld or coopnets"))
@@ -211,7 +214,7 @@ class CoopHash(Method):
     def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device) -> None:
         super().__init__(cfg, info, device)
         a: CoopHashArgs = self.args
-        backbone = cfg.backbone if cfg.backbone != "smallconv" else "smallconv-nobn"
+        backbone = cfg.backbone if cfg.backbone != "smallconv" or a.coop_trunk_norm == "batch" else "smallconv-nobn"
         self.desc = MultipurposeDescriptor(
             info.channels, info.image_size, cfg.bits, info.n_classes, latent_dim=a.coop_latent_dim,
             backbone=backbone, multi_label=info.multi_label, density_hidden=a.coop_density_hidden,
@@ -324,8 +327,9 @@ class CoopHash(Method):
         x_hat = torch.cat(xs + ([chains[1]] if chains else [])).detach()
         y_cond = torch.cat(ys + ([chains[2]] if chains else [])).to(x_hat.dtype)
         label = y_cond if a.langevin_label_aware else None
-        x_rev, stats = langevin_revise(lambda v: self.desc.energy(v, label), x_hat, self.langevin,
-                                       frozen_modules=[self.desc], final_energy=False)
+        with running_statistics(self.desc):  # per-image energies, running statistics untouched by samples
+            x_rev, stats = langevin_revise(lambda v: self.desc.energy(v, label), x_hat, self.langevin,
+                                           frozen_modules=[self.desc], final_energy=False)
         self._guard_revision(stats)
         if chains is not None and self.buffer is not None:
             self.buffer.write(chains[0].slots, x_rev[n_pair_rows:], y_cond[n_pair_rows:])
@@ -421,10 +425,7 @@ class CoopHash(Method):
         n_real = x_real.shape[0]
         if a.coop_data_noise > 0:
             x_real = x_real + a.coop_data_noise * torch.randn_like(x_real)
-        inputs = [x_real]
-        if coop is not None:
-            inputs += [coop["x_tilde"]] + ([coop["x_chain"]] if coop["x_chain"].shape[0] else [])
-        out = self.desc(torch.cat(inputs), density_grad_scale=a.coop_density_grad_scale)
+        out = self._forward_real_and_generated(x_real, coop)
         generated = None
         if coop is not None:
             n_pair_rows = coop["x_tilde"].shape[0]
@@ -444,13 +445,27 @@ class CoopHash(Method):
             self._guard_energy(out.f.detach()[n_real:], "revised samples")
         return objective
 
+    def _forward_real_and_generated(self, x_real: Tensor, coop: Optional[dict[str, Any]]) -> DescriptorOutput:
+        """The descriptor on [real; revised; chains]: one pass without batch norm; with a batch-norm trunk the
+        real rows pass on batch statistics (and update them) and the generated rows on running statistics."""
+        a: CoopHashArgs = self.args
+        gen = [] if coop is None else [coop["x_tilde"]] + ([coop["x_chain"]] if coop["x_chain"].shape[0] else [])
+        if a.coop_trunk_norm != "batch" or not gen:
+            return self.desc(torch.cat([x_real] + gen), density_grad_scale=a.coop_density_grad_scale)
+        out_real = self.desc(x_real, density_grad_scale=a.coop_density_grad_scale)
+        with running_statistics(self.desc):
+            out_gen = self.desc(torch.cat(gen), density_grad_scale=a.coop_density_grad_scale)
+        return DescriptorOutput(*(torch.cat([getattr(out_real, f.name), getattr(out_gen, f.name)])
+                                  for f in dataclasses.fields(DescriptorOutput)))
+
     @torch.no_grad()
     def _ema_gate(self, coop: dict[str, Any]) -> Optional[Tensor]:
         """With ``coop_gate=ema``: the EMA classifier's probability of each pair row's conditioning labels, on a
         strong view of the revised sample (None otherwise, or without a threshold or pairs)."""
         if self.ema is None or self.weights.gate_confidence <= 0 or coop["n"] == 0:
             return None
-        logits = self.ema(strong_augment(coop["x_tilde"]))
+        with running_statistics(self.ema):
+            logits = self.ema(strong_augment(coop["x_tilde"]))
         return log_p_y_given_x(logits.float(), coop["y"].float(), self.info.multi_label).exp()
 
     def _generator_step(self, ctx: dict[str, Any]) -> Optional[LossOutput]:
@@ -462,7 +477,7 @@ class CoopHash(Method):
         x_t, y = coop["x_tilde"], coop["y"]
         feats = coop.get("features")
         if feats is None:
-            with torch.no_grad():
+            with torch.no_grad(), running_statistics(self.desc):
                 feats = self.desc.trunk(x_t)
         terms: dict[str, Tensor] = {}
         if a.coop_gen_target in ("elbo", "both"):
@@ -471,7 +486,7 @@ class CoopHash(Method):
             x_rec = self.gen(coop["z"], y.to(coop["z"].dtype))
             terms.update(known_latent_terms(x_t, x_rec, a.coop_sigma_g))
         if a.coop_gen_real_weight > 0:
-            with torch.no_grad():
+            with torch.no_grad(), running_statistics(self.desc):
                 f_real = self.desc.trunk(ctx["x"])
             real = self._elbo(ctx["x"], ctx["y"], f_real, "real_")
             terms["real_rec"] = a.coop_gen_real_weight * real["real_rec"]

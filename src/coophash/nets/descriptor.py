@@ -212,15 +212,16 @@ class MultipurposeDescriptor(nn.Module):
         if backbone == "smallconv-nobn" or backbone.startswith("smallconv"):
             backbone_kw.setdefault("spectral_norm", spectral_norm)
         self.trunk = create_backbone(backbone, in_channels=in_channels, image_size=image_size, **backbone_kw)
-        if any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in self.trunk.modules()):
+        has_bn = any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in self.trunk.modules())
+        if trunk_norm not in ("none", "group", "batch"):
+            raise ValueError(f"trunk_norm must be 'none', 'group' or 'batch', got {trunk_norm!r}")
+        if has_bn != (trunk_norm == "batch"):
             raise ValueError(
-                f"backbone {backbone!r} has batch norm; the CoopHash descriptor needs a trunk without it "
-                "(use smallconv-nobn)"
+                f"backbone {backbone!r} {'has' if has_bn else 'has no'} batch norm but trunk_norm is "
+                f"{trunk_norm!r}: use smallconv-nobn for none/group, a batch-norm trunk (smallconv) for batch"
             )
         if trunk_norm == "group":
             _add_sample_norm(self.trunk)
-        elif trunk_norm != "none":
-            raise ValueError(f"trunk_norm must be 'none' or 'group', got {trunk_norm!r}")
         if init == "kaiming":
             _kaiming_init(self.trunk)
         nf = int(getattr(self.trunk, "num_features"))
