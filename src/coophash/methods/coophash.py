@@ -446,17 +446,25 @@ class CoopHash(Method):
         return objective
 
     def _forward_real_and_generated(self, x_real: Tensor, coop: Optional[dict[str, Any]]) -> DescriptorOutput:
-        """The descriptor on [real; revised; chains]: one pass without batch norm; with a batch-norm trunk the
-        real rows pass on batch statistics (and update them) and the generated rows on running statistics."""
+        """The descriptor on [real; revised; chains]: one pass without batch norm.
+
+        With a batch-norm trunk the real rows pass on batch statistics (and update them) for every head but the
+        density, whose real and generated values both come from a pass on the running statistics: compared
+        under two normalisations, real and generated images would differ by that alone, and the density
+        contrast would learn the difference instead of the images.
+        """
         a: CoopHashArgs = self.args
         gen = [] if coop is None else [coop["x_tilde"]] + ([coop["x_chain"]] if coop["x_chain"].shape[0] else [])
         if a.coop_trunk_norm != "batch" or not gen:
             return self.desc(torch.cat([x_real] + gen), density_grad_scale=a.coop_density_grad_scale)
         out_real = self.desc(x_real, density_grad_scale=a.coop_density_grad_scale)
         with running_statistics(self.desc):
-            out_gen = self.desc(torch.cat(gen), density_grad_scale=a.coop_density_grad_scale)
-        return DescriptorOutput(*(torch.cat([getattr(out_real, f.name), getattr(out_gen, f.name)])
-                                  for f in dataclasses.fields(DescriptorOutput)))
+            out_fixed = self.desc(torch.cat([x_real] + gen), density_grad_scale=a.coop_density_grad_scale)
+        n = x_real.shape[0]
+        fields = {f.name: torch.cat([getattr(out_real, f.name), getattr(out_fixed, f.name)[n:]])
+                  for f in dataclasses.fields(DescriptorOutput)}
+        fields["f"] = out_fixed.f
+        return DescriptorOutput(**fields)
 
     @torch.no_grad()
     def _ema_gate(self, coop: dict[str, Any]) -> Optional[Tensor]:
