@@ -3,6 +3,7 @@ weight EMA that encodes, and CoopHash on a batch-norm trunk (generated images on
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,6 +193,16 @@ def test_cli_and_api_apply_the_method_defaults(tmp_path):
     coop = build_config(None, {"method": "coophash"}, [])  # config.yaml names the trunk CoopHash really builds
     assert (coop.backbone, coop.unlabeled_batch_size) == ("smallconv-nobn", 64)
     assert Hasher(method="coophash")._config("digits").backbone == "smallconv-nobn"
+    # the recipe's method_args fill what the user left open; the user's own values win
+    coop = build_config(None, {"method": "coophash"}, [], {"langevin_steps": 3, "coop_pseudo_weight": 0.5})
+    recipe = METHODS["coophash"].config_defaults["method_args"]
+    assert coop.method_args == {**recipe, "langevin_steps": 3, "coop_pseudo_weight": 0.5}
+    assert Hasher(method="coophash")._config("digits").method_args == recipe
+    import yaml
+
+    suite_entry = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "scarce.yaml").read_text())
+    entry = next(m for m in suite_entry["methods"] if m["name"] == "coop-pseudo-gn")
+    assert entry["method_args"] == recipe and entry["backbone"] == "smallconv-nobn"  # the benchmarked recipe
 
 
 def test_semi_is_listed_by_the_cli():
