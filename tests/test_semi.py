@@ -188,6 +188,8 @@ def test_cli_and_api_apply_the_method_defaults(tmp_path):
     path.write_text("method: semi\n")
     assert build_config(str(path), {}, []).unlabeled_batch_size == 64
     assert Hasher(method="semi")._config("digits").unlabeled_batch_size == 64
+    assert build_config(None, {"method": "semi"}, []).method_args == {"semi_ema": 0.999}
+    assert build_config(None, {"method": "semi"}, [], {"semi_ema": 0.0}).method_args == {"semi_ema": 0.0}
     assert Hasher(method="semi", unlabeled_batch_size=4)._config("digits").unlabeled_batch_size == 4
     assert Hasher()._config("digits").backbone == "smallconv"
     coop = build_config(None, {"method": "coophash"}, [])  # config.yaml names the trunk CoopHash really builds
