@@ -1,11 +1,12 @@
 """Tables of the scarce-label suite (benchmarks/scarce.yaml) from its result cache, as markdown.
 
-    python benchmarks/scarce_tables.py bench/scarce      # after: coophash bench benchmarks/scarce.yaml --out bench/scarce
+    python benchmarks/scarce_tables.py bench/scarce [benchmarks/scarce.yaml] [--plot docs/scarce_curves.png]
 
 Reads every ``<out>/results/*.json``, names each run by the suite entry whose config it matches, and prints:
 the main table (mean ± sample std over seeds, n), paired differences against DPSH on the same seeds (same split,
 same labeled subset), the variants with their validation mAP (the selection criterion) beside the query mAP, and
 training seconds per epoch (median epoch, optimiser steps only, measured while other runs shared the 2 cores).
+With ``--plot PNG``: validation mAP against epochs at 2% labels (mean over the seeds that logged curves).
 """
 from __future__ import annotations
 
@@ -38,10 +39,41 @@ def _load(out: Path, suite_path: str) -> dict[str, dict[tuple[float, int], dict]
     return runs
 
 
+def plot_curves(runs: dict[str, dict[tuple[float, int], dict]], path: str, lf: float = 0.02) -> None:
+    """Mean validation mAP per epoch of each entry at label fraction ``lf`` (runs without curves skipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
+    for name, recs in runs.items():
+        curves = [r["curves"] for (f, _), r in recs.items() if f == lf and r.get("curves")]
+        if not curves:
+            continue
+        n = min(len(c["val_map"]) for c in curves)
+        mean = [statistics.mean(c["val_map"][e] for c in curves) for e in range(n)]
+        ax.plot(range(1, n + 1), mean, marker="." if n <= 10 else None, label=f"{name} ({len(curves)} seeds)")
+    ax.set_xlabel("epoch (63 optimiser steps each)")
+    ax.set_ylabel("validation mAP@all")
+    ax.set_title(f"MNIST, 32 bits, {lf:.0%} labels")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/scarce")
-    suite_path = sys.argv[2] if len(sys.argv) > 2 else "benchmarks/scarce.yaml"
+    args = [a for a in sys.argv[1:] if a != "--plot"]
+    plot = sys.argv[sys.argv.index("--plot") + 1] if "--plot" in sys.argv else ""
+    args = [a for a in args if a != plot]
+    out = Path(args[0] if args else "bench/scarce")
+    suite_path = args[1] if len(args) > 1 else "benchmarks/scarce.yaml"
     runs = _load(out, suite_path)
+    if plot:
+        plot_curves(runs, plot)
     fractions = [0.02, 0.1, 1.0]
     print("| method | " + " | ".join(f"labels {lf:g}" for lf in fractions) + " |")
     print("|---|" + "---|" * len(fractions))
