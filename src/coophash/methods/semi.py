@@ -109,12 +109,14 @@ class SemiSupervised(Method):
         out = self.net(torch.cat([x_lab, x_weak, x_strong]))
         logits_weak = out.logits[n_lab:n_lab + n_unl]
         targets, confident = pseudo_labels(logits_weak.detach(), a.semi_threshold, multi)
-        strong_rows = torch.arange(n_lab + n_unl, n_lab + 2 * n_unl, device=out.u.device)
-        rows = torch.cat([torch.arange(n_lab, device=out.u.device), strong_rows]) if a.semi_pseudo_hash else \
-            torch.arange(n_lab, device=out.u.device)
-        y_rows = torch.cat([y_lab.to(targets.dtype), targets]) if a.semi_pseudo_hash else y_lab
-        mask = torch.cat([ctx["labeled"], confident]) if a.semi_pseudo_hash else ctx["labeled"]
-        base = global_batch_loss(self.loss, out.select(rows), y_rows.to(y_lab.dtype), mask)
+        rows = torch.arange(n_lab, device=out.u.device)  # the base loss: labeled rows (+ confident strong views)
+        y_rows, mask = y_lab, ctx["labeled"]
+        if a.semi_pseudo_hash:
+            strong_rows = torch.arange(n_lab + n_unl, n_lab + 2 * n_unl, device=out.u.device)
+            rows = torch.cat([rows, strong_rows])
+            y_rows = torch.cat([y_lab, targets.to(y_lab.dtype)])
+            mask = torch.cat([mask, confident])
+        base = global_batch_loss(self.loss, out.select(rows), y_rows, mask)
         terms = dict(base.terms)
         terms["cls"] = a.semi_cls_weight * class_loss(out.logits[:n_lab], y_lab, multi, ctx["labeled"])
         terms["consistency"] = a.semi_weight * consistency_loss(out.logits[n_lab + n_unl:], targets, confident, multi)
