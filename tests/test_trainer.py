@@ -160,3 +160,34 @@ def test_encode_images_and_indices_match_the_definition():
     from coophash.train.trainer import encode_indices as from_trainer  # the old home stays importable
 
     assert from_trainer is encode_indices
+
+
+def test_end_of_epoch_evaluations_share_codes_and_match_fresh_encoding(tmp_path, monkeypatch):
+    """Validation and training-sample mAP share one encoding of each image per epoch (each image once), and
+    give what separate encodings give."""
+    cfg = small_cfg(tmp_path, epochs=1)
+    ds, mf = prepare_data(cfg)
+    tr = Trainer(cfg, tmp_path / "run", ds, mf)
+    fresh_val = tr.evaluate_split("validation", topk=(), radius=2)["map@all"]
+    fresh_train = tr.training_map()
+    import coophash.train.trainer as trainer_mod
+
+    seen: list[int] = []
+    real = trainer_mod.encode_indices
+
+    def counting(fn, dset, indices, device, batch_size=512):
+        seen.extend(np.asarray(indices).tolist())
+        return real(fn, dset, indices, device, batch_size)
+
+    monkeypatch.setattr(trainer_mod, "encode_indices", counting)
+    with tr._shared_codes():
+        shared_val = tr.evaluate_split("validation", topk=(), radius=2)["map@all"]
+        shared_train = tr.training_map()
+    assert len(seen) == len(set(seen))  # nothing encoded twice
+    assert set(seen) == set(mf.validation) | set(mf.validation_database) | set(mf.train)
+    assert shared_val == pytest.approx(fresh_val, abs=1e-12)
+    assert shared_train == pytest.approx(fresh_train, abs=1e-12)
+    assert tr._code_cache is None  # outside the block: encoded afresh (weights change between epochs)
+    seen.clear()
+    tr.training_map()
+    assert len(seen) == len(mf.train)

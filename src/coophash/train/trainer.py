@@ -19,7 +19,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -154,6 +154,7 @@ class Trainer:
         self.labeled_mask = torch.zeros(len(dataset), dtype=torch.bool)
         self.labeled_mask[torch.from_numpy(np.array(manifest.labeled, dtype=np.int64))] = True
         self.train_sample = train_map_sample(manifest, cfg.seed)
+        self._code_cache: Optional[dict[int, np.ndarray]] = None  # see _shared_codes
 
     # -- folder -------------------------------------------------------------------------------
     @property
@@ -306,13 +307,33 @@ class Trainer:
         """Encode ``queries`` and ``database`` (in eval mode) and return their retrieval metrics."""
         self.method.train(False)
         try:
-            q = encode_indices(self.method.encode, self.ds, queries, self.device, self.cfg.eval_batch_size)
-            db = encode_indices(self.method.encode, self.ds, database, self.device, self.cfg.eval_batch_size)
+            q, db = self._codes(queries), self._codes(database)
         finally:
             self.method.train(True)
         ql = self.ds.labels[torch.from_numpy(queries)].numpy()
         dl = self.ds.labels[torch.from_numpy(database)].numpy()
         return evaluate(q, db, ql, dl, self.cfg.bits, **metric_args)
+
+    def _codes(self, indices: np.ndarray) -> np.ndarray:
+        """Packed codes of dataset items ``indices``; inside :meth:`_shared_codes` each item is encoded once."""
+        cache = self._code_cache
+        if cache is None:
+            return encode_indices(self.method.encode, self.ds, indices, self.device, self.cfg.eval_batch_size)
+        missing = np.array([i for i in np.unique(indices).tolist() if i not in cache], dtype=np.int64)
+        if len(missing):
+            fresh = encode_indices(self.method.encode, self.ds, missing, self.device, self.cfg.eval_batch_size)
+            cache.update(zip(missing.tolist(), fresh))
+        return np.stack([cache[i] for i in indices.tolist()]) if len(indices) else np.zeros((0, (int(self.cfg.bits) + 7) // 8), np.uint8)
+
+    @contextlib.contextmanager
+    def _shared_codes(self) -> Iterator[None]:
+        """Within the block the weights do not change: validation and training-sample mAP share their codes
+        (the training images are both the validation database and the training-sample retrieval set)."""
+        self._code_cache = {}
+        try:
+            yield
+        finally:
+            self._code_cache = None
 
     def training_map(self) -> float:
         """mAP@all of :attr:`train_sample` retrieving from the training set minus itself (like validation
@@ -371,16 +392,17 @@ class Trainer:
             seconds = time.perf_counter() - t0
             record: dict[str, Any] = {"epoch": epoch + 1, "step": int(state["global_step"]), "seconds": seconds}
             record.update(distributed.mean_over_ranks({**meter.means(), **self.method.on_epoch_end(epoch)}, self.dist))
-            if (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs:
-                val_map = self._validation_map()
-                record["val_map"] = val_map
-                if val_map > state["best_map"]:
-                    state["best_map"] = float(val_map)
-                    state["best_epoch"] = epoch + 1
-                    best_state = dict(state, epoch=epoch + 1, step_in_epoch=0, meter={}, meter_count=0)
-                    self._save(self.best_path, best_state)
-            if self._train_map_due(epoch):
-                record["train_map"] = distributed.on_main(self.dist, self.training_map)
+            with self._shared_codes():
+                if (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs:
+                    val_map = self._validation_map()
+                    record["val_map"] = val_map
+                    if val_map > state["best_map"]:
+                        state["best_map"] = float(val_map)
+                        state["best_epoch"] = epoch + 1
+                        best_state = dict(state, epoch=epoch + 1, step_in_epoch=0, meter={}, meter_count=0)
+                        self._save(self.best_path, best_state)
+                if self._train_map_due(epoch):
+                    record["train_map"] = distributed.on_main(self.dist, self.training_map)
             logger.log(**record)
             epoch += 1
             state.update(epoch=epoch, step_in_epoch=0, meter={}, meter_count=0, epoch_seconds=0.0)
