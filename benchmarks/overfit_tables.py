@@ -1,0 +1,188 @@
+"""Tables of the over-fitting suite (benchmarks/overfit.yaml) from its result cache, as markdown.
+
+    python benchmarks/overfit_tables.py bench/overfit [benchmarks/overfit.yaml] [--plot docs/overfit_curves.png]
+
+Reads every ``<out>/results/*.json`` (and the GAN folders' ``quality.json``), names each run by the suite entry
+whose config it matches, and prints:
+
+* the main table per backbone and label fraction: DPSH (without) and fakereg-dpsh (with), query mAP@all mean ±
+  sample std over seeds, the paired difference (with − without, same seed = same split and labeled subset), and
+  the over-fitting figures of each arm: final training-sample mAP and the gap training-sample − validation mAP
+  at the epoch that validation selected;
+* the variants (one change from fakereg's defaults each) beside their validation mAP (the selection criterion)
+  and their paired difference against the base loss on the same backbone, label fraction and seeds;
+* the GAN stages' quality as the independent judge sees it (coverage, mean confidence, Fréchet distance with
+  the distance between two halves of the real images as its scale, a conditional GAN's accuracy).
+
+With ``--plot PNG``: training-sample (dashed) and validation (solid) mAP against epochs, one panel per label
+fraction, mean over the seeds that logged curves.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from coophash.suite import load_suite, plan_suite
+
+Runs = dict[str, dict[tuple[float, int], dict]]
+
+
+def _fmt(vals: list[float], sign: bool = False) -> str:
+    """mean ± sample std (n); one value: the value (1); none: a dash."""
+    if not vals:
+        return "–"
+    f = "+.4f" if sign else ".4f"
+    if len(vals) == 1:
+        return f"{vals[0]:{f}} (1)"
+    return f"{statistics.mean(vals):{f}} ± {statistics.stdev(vals):.4f} ({len(vals)})"
+
+
+def load_runs(out: Path, suite_path: str) -> tuple[Runs, dict[str, dict]]:
+    """(entry name -> (label fraction, seed) -> cached result, entry name -> its suite entry)."""
+    suite = load_suite(suite_path)
+    plan = plan_suite(suite, out=str(out))
+    by_key = {}
+    for p in (out / "results").glob("*.json"):
+        rec = json.loads(p.read_text())
+        by_key[rec["key"]] = rec
+    runs: Runs = {}
+    for run in plan.runs:
+        rec = by_key.get(run.key)
+        if rec is not None:
+            runs.setdefault(run.method, {})[(float(run.cfg.label_fraction), int(run.cfg.seed))] = rec
+    entries = {m.name: {"backbone": m.overrides.get("backbone", suite.defaults.get("backbone")), "method": m.method,
+                        "method_args": dict(m.overrides.get("method_args") or {})} for m in suite.methods}
+    return runs, entries
+
+
+def overfit_figures(rec: dict) -> tuple[float | None, float | None]:
+    """(final training-sample mAP, training-sample − validation mAP at the selected epoch) of one result."""
+    c = rec.get("curves") or {}
+    train, val, epochs = c.get("train_map") or [], c.get("val_map") or [], c.get("epoch") or []
+    if not train or not epochs:
+        return None, None
+    final = train[-1]
+    best = rec.get("best_epoch")
+    if best in epochs:
+        i = epochs.index(best)
+        gap = None if train[i] is None or val[i] is None else train[i] - val[i]
+    else:
+        gap = None
+    return final, gap
+
+
+def paired(runs: Runs, with_name: str, without_name: str, lf: float) -> list[float]:
+    """Per-seed differences with − without (query mAP@all) over the seeds both have at ``lf``."""
+    a, b = runs.get(with_name, {}), runs.get(without_name, {})
+    return [a[k]["map@all"] - b[k]["map@all"] for k in sorted(a) if k[0] == lf and k in b]
+
+
+def _vals(runs: Runs, name: str, lf: float, field: str = "map@all") -> list[float]:
+    return [r[field] for (f, _s), r in sorted(runs.get(name, {}).items()) if f == lf and r.get(field) is not None]
+
+
+def main_table(runs: Runs, entries: dict[str, dict]) -> list[str]:
+    lines = ["| backbone | labels | without (dpsh) | with (fakereg-dpsh) | with − without (paired) | "
+             "train-sample mAP at the end: without / with | gap at the selected epoch: without / with |",
+             "|---|---|---|---|---|---|---|"]
+    for without in [n for n, e in entries.items() if e["method"] == "supervised"]:
+        bb = entries[without]["backbone"]
+        with_ = f"fakereg-{without}"
+        if with_ not in entries:
+            continue
+        for lf in (0.02, 0.1, 1.0):
+            if not _vals(runs, without, lf) and not _vals(runs, with_, lf):
+                continue
+            figs = {n: [overfit_figures(r) for (f, _s), r in sorted(runs.get(n, {}).items()) if f == lf]
+                    for n in (without, with_)}
+            final = " / ".join(_fmt([x for x, _ in figs[n] if x is not None]) for n in (without, with_))
+            gap = " / ".join(_fmt([g for _, g in figs[n] if g is not None], sign=True) for n in (without, with_))
+            lines.append(f"| {bb} | {lf:g} | {_fmt(_vals(runs, without, lf))} | {_fmt(_vals(runs, with_, lf))} | "
+                         f"{_fmt(paired(runs, with_, without, lf), sign=True)} | {final} | {gap} |")
+    return lines
+
+
+def variants_table(runs: Runs, entries: dict[str, dict]) -> list[str]:
+    lines = ["| variant | backbone | change | val mAP | query mAP@all | − dpsh (paired) | − fakereg defaults (paired) |",
+             "|---|---|---|---|---|---|---|"]
+    lf = 0.02
+    for name, e in entries.items():
+        if not name.startswith("fr-") or name not in runs:
+            continue
+        base = next(n for n, x in entries.items() if x["method"] == "supervised" and x["backbone"] == e["backbone"])
+        change = ", ".join(f"{k}={v}" for k, v in e["method_args"].items())
+        lines.append(f"| {name} | {e['backbone']} | {change} | {_fmt(_vals(runs, name, lf, 'best_val_map'))} | "
+                     f"{_fmt(_vals(runs, name, lf))} | {_fmt(paired(runs, name, base, lf), sign=True)} | "
+                     f"{_fmt(paired(runs, name, f'fakereg-{base}', lf), sign=True)} |")
+    return lines
+
+
+def gan_table(out: Path) -> list[str]:
+    lines = ["| GAN folder | conditional | epochs | coverage | mean confidence | Fréchet (real halves) | "
+             "judge accuracy on the requested class | histogram |", "|---|---|---|---|---|---|---|---|"]
+    for q in sorted((out / "gans").glob("*/quality.json")):
+        fig = json.loads(q.read_text())
+        cfg_text = (q.parent / "config.yaml").read_text() if (q.parent / "config.yaml").exists() else ""
+        conditional = "gan_conditional: true" in cfg_text
+        epochs = next((ln.split(":", 1)[1].strip() for ln in cfg_text.splitlines() if ln.startswith("epochs:")), "?")
+        acc = fig.get("accuracy")
+        lines.append(f"| {q.parent.name} | {'yes' if conditional else 'no'} | {epochs} | "
+                     f"{fig['coverage']}/{fig['n_classes']} | {fig['mean_confidence']:.3f} | "
+                     f"{fig['frechet_distance']:.2f} ({fig['frechet_real_halves']:.2f}) | "
+                     f"{'–' if acc is None else f'{acc:.3f}'} | {fig['histogram']} |")
+    return lines
+
+
+def plot_curves(runs: Runs, entries: dict[str, dict], path: str) -> None:
+    """Training-sample (dashed) and validation (solid) mAP per epoch, one panel per label fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = [lf for lf in (0.02, 0.1, 1.0) if any(k[0] == lf for recs in runs.values() for k in recs)]
+    fig, axes = plt.subplots(1, max(1, len(fractions)), figsize=(6 * max(1, len(fractions)), 4.2), squeeze=False)
+    for ax, lf in zip(axes[0], fractions):
+        ax.set_prop_cycle(color=plt.cm.tab10.colors)
+        for name in entries:
+            curves = [r["curves"] for (f, _s), r in runs.get(name, {}).items() if f == lf and r.get("curves")]
+            if not curves:
+                continue
+            n = min(len(c["val_map"]) for c in curves)
+            val = [statistics.mean(c["val_map"][e] for c in curves) for e in range(n)]
+            (line,) = ax.plot(range(1, n + 1), val, marker=".", label=f"{name} ({len(curves)} seeds)")
+            if all(c["train_map"][e] is not None for c in curves for e in range(n)):
+                train = [statistics.mean(c["train_map"][e] for c in curves) for e in range(n)]
+                ax.plot(range(1, n + 1), train, linestyle="--", color=line.get_color())
+        ax.set_xlabel("epoch (63 optimiser steps each)")
+        ax.set_ylabel("mAP@all (solid: validation, dashed: training sample)")
+        ax.set_title(f"MNIST, 32 bits, {lf:.0%} labels")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    plot = ""
+    if "--plot" in argv:
+        i = argv.index("--plot")
+        plot = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    out = Path(argv[0] if argv else "bench/overfit")
+    suite_path = argv[1] if len(argv) > 1 else "benchmarks/overfit.yaml"
+    runs, entries = load_runs(out, suite_path)
+    if plot:
+        plot_curves(runs, entries, plot)
+    print("\n".join(["### Without → with fake-image regularisation (32 bits, query mAP@all)", "",
+                     *main_table(runs, entries), "", "### Variants at 2% labels", "",
+                     *variants_table(runs, entries), "", "### GAN stages as the judge sees them", "",
+                     *gan_table(out)]))
+
+
+if __name__ == "__main__":
+    main()
