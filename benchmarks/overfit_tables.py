@@ -14,8 +14,8 @@ whose config it matches, and prints:
 * the GAN stages' quality as the independent judge sees it (coverage, mean confidence, Fréchet distance with
   the distance between two halves of the real images as its scale, a conditional GAN's accuracy).
 
-With ``--plot PNG``: training-sample (dashed) and validation (solid) mAP against epochs, one panel per label
-fraction, mean over the seeds that logged curves.
+With ``--plot PNG``: training-sample (dashed) and validation (solid) mAP against epochs of the two arms (not the
+variants), one panel per label fraction, mean over the seeds that logged curves.
 """
 from __future__ import annotations
 
@@ -119,6 +119,16 @@ def variants_table(runs: Runs, entries: dict[str, dict]) -> list[str]:
     return lines
 
 
+def runs_table(runs: Runs) -> list[str]:
+    """Every run: validation mAP of the selected epoch (the selection criterion), query mAP, best epoch, s/epoch."""
+    lines = ["| entry | labels | seed | val mAP | query mAP@all | best epoch | s/epoch |", "|---|---|---|---|---|---|---|"]
+    for name, recs in runs.items():
+        for (lf, seed), r in sorted(recs.items()):
+            lines.append(f"| {name} | {lf:g} | {seed} | {r['best_val_map']:.4f} | {r['map@all']:.4f} | "
+                         f"{r['best_epoch']} | {r['seconds_per_epoch']:.1f} |")
+    return lines
+
+
 def gan_table(out: Path) -> list[str]:
     lines = ["| GAN folder | conditional | epochs | coverage | mean confidence | Fréchet (real halves) | "
              "judge accuracy on the requested class | histogram |", "|---|---|---|---|---|---|---|---|"]
@@ -127,7 +137,7 @@ def gan_table(out: Path) -> list[str]:
         cfg_text = (q.parent / "config.yaml").read_text() if (q.parent / "config.yaml").exists() else ""
         conditional = "gan_conditional: true" in cfg_text
         epochs = next((ln.split(":", 1)[1].strip() for ln in cfg_text.splitlines() if ln.startswith("epochs:")), "?")
-        acc = fig.get("accuracy")
+        acc = fig.get("judge_accuracy")
         lines.append(f"| {q.parent.name} | {'yes' if conditional else 'no'} | {epochs} | "
                      f"{fig['coverage']}/{fig['n_classes']} | {fig['mean_confidence']:.3f} | "
                      f"{fig['frechet_distance']:.2f} ({fig['frechet_real_halves']:.2f}) | "
@@ -136,7 +146,7 @@ def gan_table(out: Path) -> list[str]:
 
 
 def plot_curves(runs: Runs, entries: dict[str, dict], path: str) -> None:
-    """Training-sample (dashed) and validation (solid) mAP per epoch, one panel per label fraction."""
+    """Training-sample (dashed) and validation (solid) mAP per epoch of the arms, one panel per label fraction."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +156,7 @@ def plot_curves(runs: Runs, entries: dict[str, dict], path: str) -> None:
     fig, axes = plt.subplots(1, max(1, len(fractions)), figsize=(6 * max(1, len(fractions)), 4.2), squeeze=False)
     for ax, lf in zip(axes[0], fractions):
         ax.set_prop_cycle(color=plt.cm.tab10.colors)
-        for name in entries:
+        for name in [n for n in entries if not n.startswith("fr-")]:  # the two arms (variants: one seed)
             curves = [r["curves"] for (f, _s), r in runs.get(name, {}).items() if f == lf and r.get("curves")]
             if not curves:
                 continue
@@ -181,7 +191,7 @@ def main() -> None:
     print("\n".join(["### Without → with fake-image regularisation (32 bits, query mAP@all)", "",
                      *main_table(runs, entries), "", "### Variants at 2% labels", "",
                      *variants_table(runs, entries), "", "### GAN stages as the judge sees them", "",
-                     *gan_table(out)]))
+                     *gan_table(out), "", "### Every run", "", *runs_table(runs)]))
 
 
 if __name__ == "__main__":
