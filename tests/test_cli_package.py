@@ -107,9 +107,10 @@ def test_bool_method_option_refuses_other_text(tmp_path, captured):
 
 def test_set_keeps_yaml_parsing_and_method_options_win(tmp_path, captured):
     _train(tmp_path, "--set", "method_args.gan_dir=010", "--set", "method_args.fake_weight=0.25")
-    assert captured["cfg"].method_args == {"gan_dir": 8, "fake_weight": 0.25}  # YAML reads 010 as octal 8
+    recipe = {"fake_bn": "separate"}  # fakereg's validated recipe fills what the user left open
+    assert captured["cfg"].method_args == {**recipe, "gan_dir": 8, "fake_weight": 0.25}  # YAML: 010 is octal 8
     _train(tmp_path, "--set", "method_args.fake_weight=0.25", "--fake-weight", "0.75")
-    assert captured["cfg"].method_args == {"fake_weight": 0.75}
+    assert captured["cfg"].method_args == {**recipe, "fake_weight": 0.75}
 
 
 def test_typed_string_survives_the_run_folder(tmp_path):

@@ -128,3 +128,25 @@ def test_separate_mode_killed_mid_epoch_resumes_to_identical_weights(fakes_file,
     a, b = load_file(str(tmp_path / "full" / runs.LAST)), load_file(str(tmp_path / "killed" / runs.LAST))
     assert _same(a, b) and any("running_mean" in k for k in a)
     assert res_full["map@all"] == res_resumed["map@all"]
+
+
+def test_fakereg_defaults_are_the_validated_recipe_fakes_in_their_own_pass():
+    """``coophash train --method fakereg`` (and ``Hasher``) run fakes in their own batch-norm pass, the variant of
+    benchmarks/overfit.yaml that validated best; a user's own ``fake_bn`` wins; suites take fields literally."""
+    from pathlib import Path
+
+    import yaml
+
+    from coophash.api import Hasher
+    from coophash.cli.common import build_config
+    from coophash.methods.base import METHODS
+
+    recipe = METHODS["fakereg"].config_defaults["method_args"]
+    assert recipe == {"fake_bn": "separate"} and FakeRegArgs().fake_bn == "mixed"
+    assert build_config(None, {"method": "fakereg"}, []).method_args == recipe
+    assert build_config(None, {"method": "fakereg"}, [], {"fake_bn": "mixed", "fake_weight": 0.1}).method_args == {
+        "fake_bn": "mixed", "fake_weight": 0.1}
+    assert Hasher(method="fakereg")._config("digits").method_args == recipe
+    suite = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "overfit.yaml").read_text())
+    entry = next(m for m in suite["methods"] if m["name"] == "fr-wideconv-bnsep")
+    assert entry["method_args"] == recipe  # the benchmarked variant
