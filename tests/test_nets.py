@@ -33,6 +33,7 @@ CASES: dict[str, list[tuple[int, int, dict]]] = {
         (1, 64, {}),
         (3, 64, {"spectral_norm": True}),
     ],
+    "smallconv-gn": [(1, 8, {}), (3, 8, {}), (1, 28, {}), (3, 32, {"spectral_norm": True})],
     "resnet18": [(3, 32, {}), (1, 32, {}), (3, 32, {"small_input": False}), (3, 64, {}), (1, 28, {})],
     "wideconv": [(1, 8, {}), (1, 28, {}), (3, 32, {"width": 2}), (1, 28, {"width": 1.5, "dropout": 0.1})],
 }
@@ -100,6 +101,33 @@ def test_nobn_has_no_batch_norm_and_leaky_relu() -> None:
     assert slopes == {0.2}
     assert any("parametrizations" in n for n, _ in net.named_parameters())
     assert any(isinstance(m, nn.BatchNorm2d) for m in create_backbone("smallconv").modules())
+
+
+def test_smallconv_gn_is_the_descriptor_trunk_with_group_norm() -> None:
+    """smallconv-gn has the very layers (names, order, shapes) of CoopHash's trunk under trunk_norm='group'."""
+    from coophash.nets.descriptor import MultipurposeDescriptor
+
+    torch.manual_seed(0)
+    desc = MultipurposeDescriptor(1, 28, nbits=16, n_classes=10, trunk_norm="group")
+    net = create_backbone("smallconv-gn", in_channels=1, image_size=28)
+    want = {k: v.shape for k, v in desc.trunk.state_dict().items()}
+    assert {k: v.shape for k, v in net.state_dict().items()} == want
+    assert [type(m) for m in net.modules()][1:] == [type(m) for m in desc.trunk.modules()][1:]
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in net.modules())
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    net.load_state_dict(desc.trunk.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    net.eval(), desc.eval()
+    torch.testing.assert_close(net(x), desc.trunk(x))
+    # per-sample normalisation: an image's features do not depend on the rest of the batch, in train mode too
+    net.train()
+    torch.testing.assert_close(net(x)[:1], net(x[:1]))
+
+
+def test_smallconv_rejects_unknown_norm() -> None:
+    with pytest.raises(ValueError, match="norm must be 'batch', 'none' or 'group'"):
+        create_backbone("smallconv", norm="layer")
 
 
 def test_smallconv_pools_adapt_to_image_size() -> None:

@@ -41,7 +41,9 @@ class SmallConv(nn.Module):
     (at 8 px: 8 -> 4 -> 2; at 28 px: 28 -> 14 -> 7). The last map is average-pooled to at most
     ``grid`` x ``grid`` cells, flattened, and projected to ``num_features`` (norm + act applied).
     ``pool`` picks 2x2 max or average pooling. ``norm="batch"`` uses BatchNorm + ReLU; ``norm="none"`` uses no normalisation and leaky ReLU
-    (``negative_slope``), the form an energy-based descriptor needs; ``spectral_norm=True`` wraps
+    (``negative_slope``), the form an energy-based descriptor needs; ``norm="group"`` is ``none`` plus per-sample
+    normalisation (GroupNorm of up to 8 groups after every conv, LayerNorm after the linear), which couples no
+    two images of a batch; ``spectral_norm=True`` wraps
     every conv and linear weight in spectral normalisation.
     """
 
@@ -60,8 +62,8 @@ class SmallConv(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if norm not in ("batch", "none"):
-            raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")
+        if norm not in ("batch", "none", "group"):
+            raise ValueError(f"norm must be 'batch', 'none' or 'group', got {norm!r}")
         if pool not in ("max", "avg"):
             raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
         if image_size < 2:
@@ -99,6 +101,8 @@ class SmallConv(nn.Module):
                 layers.append(wrap(nn.Conv2d(channels, width, 3, padding=1, bias=not use_bn)))
                 if use_bn:
                     layers.append(nn.BatchNorm2d(width))
+                elif norm == "group":
+                    layers.append(nn.GroupNorm(min(8, width), width))
                 layers.append(act())
                 channels = width
             if size >= 4:
@@ -113,6 +117,8 @@ class SmallConv(nn.Module):
         ]
         if use_bn:
             head.append(nn.BatchNorm1d(num_features))
+        elif norm == "group":
+            head.append(nn.LayerNorm(num_features))
         head.append(act())
         if dropout > 0:
             head.append(nn.Dropout(dropout))
@@ -137,6 +143,19 @@ def smallconv_nobn(in_channels: int = 1, image_size: int = 28, **kw: object) -> 
     Average pooling (as in IGEBM) passes a gradient to every pixel, which suits Langevin revision.
     """
     kw.setdefault("norm", "none")
+    kw.setdefault("pool", "avg")
+    kw.setdefault("negative_slope", 0.2)
+    return SmallConv(in_channels=in_channels, image_size=image_size, **kw)  # type: ignore[arg-type]
+
+
+@register_backbone("smallconv-gn")
+def smallconv_gn(in_channels: int = 1, image_size: int = 28, **kw: object) -> SmallConv:
+    """``smallconv-nobn`` with per-sample normalisation: GroupNorm after each conv, LayerNorm after the linear.
+
+    The trunk CoopHash's descriptor builds with ``coop_trunk_norm: group`` (same layers, same order), so a
+    baseline on it measures accuracy and cost on the descriptor's own trunk.
+    """
+    kw.setdefault("norm", "group")
     kw.setdefault("pool", "avg")
     kw.setdefault("negative_slope", 0.2)
     return SmallConv(in_channels=in_channels, image_size=image_size, **kw)  # type: ignore[arg-type]
