@@ -3,8 +3,9 @@
     python benchmarks/scarce_tables.py bench/scarce [benchmarks/scarce.yaml] [--plot docs/scarce_curves.png]
 
 Reads every ``<out>/results/*.json``, names each run by the suite entry whose config it matches, and prints:
-the main table (mean ± sample std over seeds, n), paired differences against DPSH on the same seeds (same split,
-same labeled subset), the variants with their validation mAP (the selection criterion) beside the query mAP, and
+the main table (mean ± sample std over seeds, n), paired differences against DPSH and against the semi-supervised
+yardstick (semi-dpsh-ema) on the same seeds (same split, same labeled subset; 40-epoch entries against their
+40-epoch references), the variants with their validation mAP (the selection criterion) beside the query mAP, and
 training seconds per epoch (median epoch, optimiser steps only, measured while other runs shared the 2 cores).
 With ``--plot PNG``: validation mAP against epochs at 2% labels (mean over the seeds that logged curves).
 """
@@ -80,19 +81,22 @@ def main() -> None:
     for name, recs in runs.items():
         cells = [_fmt([r["map@all"] for (lf, _), r in sorted(recs.items()) if lf == f]) for f in fractions]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\nPaired differences against dpsh (same seeds; mean ± std of the differences, n):\n")
-    print("| method | " + " | ".join(f"labels {lf:g}" for lf in fractions) + " |")
-    print("|---|" + "---|" * len(fractions))
-    base = runs.get("dpsh", {})
-    for name, recs in runs.items():
-        if name == "dpsh":
-            continue
-        cells = []
-        for f in fractions:
-            diffs = [r["map@all"] - base[(lf, s)]["map@all"] for (lf, s), r in sorted(recs.items())
-                     if lf == f and (lf, s) in base]
-            cells.append(_fmt(diffs) if diffs else "–")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    for base_name in ("dpsh", "semi-dpsh-ema"):
+        print(f"\nPaired differences against {base_name} (same seeds; a 40-epoch entry against {base_name}-40ep; "
+              "mean ± std of the differences, n):\n")
+        print("| method | " + " | ".join(f"labels {lf:g}" for lf in fractions) + " |")
+        print("|---|" + "---|" * len(fractions))
+        for name, recs in runs.items():
+            ref = base_name + "-40ep" if name.endswith("-40ep") else base_name
+            base = runs.get(ref, {})
+            if name == ref or not base:
+                continue
+            cells = []
+            for f in fractions:
+                diffs = [r["map@all"] - base[(lf, s)]["map@all"] for (lf, s), r in sorted(recs.items())
+                         if lf == f and (lf, s) in base]
+                cells.append(_fmt(diffs) if diffs else "–")
+            print(f"| {name} (− {ref}) | " + " | ".join(cells) + " |")
     print("\nEvery run: validation mAP of the selected epoch (the selection criterion), query mAP, epoch, s/epoch:\n")
     print("| method | labels | seed | val mAP | query mAP@all | best epoch | s/epoch |")
     print("|---|---|---|---|---|---|---|")
