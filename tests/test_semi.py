@@ -312,3 +312,41 @@ def test_coophash_batch_norm_trunk_keeps_generated_images_out_of_the_statistics(
         assert torch.allclose(mine.running_mean, ref.running_mean) and not torch.equal(mine.running_mean, old)
     with pytest.raises(ValueError, match="batch norm"):
         create_method(cfg.replace(backbone="smallconv-nobn"), DataInfo(4, 1, 8, 64), torch.device("cpu"))
+
+
+def test_coophash_separate_batch_norm_pass_for_generated_images():
+    """coop_gen_bn=separate: chains and revised samples normalise by their own batch, never touch the running
+    statistics, and the real rows' outputs are those of a pass over the real rows alone."""
+    import copy
+
+    from coophash.nets.norm import batch_norm_layers
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(method="coophash", backbone="smallconv", bits=16, unlabeled_batch_size=8, method_args={
+        "coop_trunk_norm": "batch", "coop_gen_bn": "separate", "coop_warmup_epochs": 0.0, "coop_ramp_epochs": 0.0,
+        "coop_pairs": 4, "langevin_steps": 2, "coop_gen_width": 8, "coop_latent_dim": 8})
+    m = create_method(cfg, DataInfo(n_classes=4, channels=1, image_size=8, n_train=64), torch.device("cpu"))
+    m.train(True)
+    ctx = _ctx()
+    stats = [b.running_mean.clone() for b in batch_norm_layers(m.desc)]
+    m.phases()[0].fn(ctx)  # revision on the chains' own batch statistics: running statistics untouched
+    assert all(torch.equal(a, b.running_mean) for a, b in zip(stats, batch_norm_layers(m.desc)))
+    x_gen = ctx["coop"]["x_tilde"]
+    reference = copy.deepcopy(m.desc).train(True)
+    ref_real = reference(ctx["x_all"])  # the real rows alone, on their batch (updates the reference's statistics)
+    probe = copy.deepcopy(m.desc).train(True)
+    for b in batch_norm_layers(probe):
+        b.track_running_stats = False  # batch statistics, nothing stored
+    ref_gen = probe(x_gen)
+    out = m._forward_real_and_generated(ctx["x_all"], ctx["coop"])
+    n = ctx["x_all"].shape[0]
+    torch.testing.assert_close(out.f[:n], ref_real.f)
+    torch.testing.assert_close(out.f[n:], ref_gen.f)
+    torch.testing.assert_close(out.logits[n:], ref_gen.logits)
+    for mine, ref in zip(batch_norm_layers(m.desc), batch_norm_layers(reference)):
+        assert torch.allclose(mine.running_mean, ref.running_mean) and mine.track_running_stats
+    out = m.phases()[1].fn(ctx)
+    assert math.isfinite(float(out.total))
+    with pytest.raises(ValueError, match="coop_gen_bn='separate' needs coop_trunk_norm=batch"):
+        create_method(cfg.replace(backbone="smallconv-nobn", method_args={"coop_gen_bn": "separate"}),
+                      DataInfo(4, 1, 8, 64), torch.device("cpu"))

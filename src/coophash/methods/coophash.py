@@ -84,14 +84,16 @@ from coophash.nets.descriptor import (
     log_p_y_given_x,
 )
 from coophash.nets.ema import WeightEMA
-from coophash.nets.norm import running_statistics
+from coophash.nets.norm import frozen_norm_statistics, running_statistics
 from coophash.nets.pair_generator import PairGenerator
 
-__all__ = ["CoopHash", "CoopHashArgs", "CHAIN_INITS", "GATES"]
+__all__ = ["CoopHash", "CoopHashArgs", "CHAIN_INITS", "GATES", "GEN_BN_MODES"]
 
 #: Where Langevin chains start (``coop_chain_init``) and what gates generated pairs (``coop_gate``).
 CHAIN_INITS = ("generator", "noise")
 GATES = ("none", "head", "ema")
+#: How batch norm sees generated images and chains (with a batch-norm trunk): running statistics or a pass of their own.
+GEN_BN_MODES = ("running", "separate")
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,8 @@ class CoopHashArgs:
     coop_density_hidden: int = field(default=0, metadata=_h("hidden units of the density head's own layer (0: linear)"))
     coop_spectral_norm: bool = field(default=False, metadata=_h("spectral norm on the descriptor trunk's weights"))
     coop_init: str = field(default="kaiming", metadata=_h("descriptor trunk init: kaiming (He-normal, leaky ReLU) or default (PyTorch's)"))
-    coop_trunk_norm: str = field(default="none", metadata=_h("normalisation in the trunk: none, group (GroupNorm/LayerNorm, per sample) or batch (the batch-norm trunk smallconv; generated images always pass on its running statistics, never batch statistics)"))
+    coop_trunk_norm: str = field(default="none", metadata=_h("normalisation in the trunk: none, group (GroupNorm/LayerNorm, per sample) or batch (the batch-norm trunk smallconv; generated images never update its running statistics: see --coop-gen-bn)"))
+    coop_gen_bn: str = field(default="running", metadata=_h("with --coop-trunk-norm batch, how batch norm sees generated images and chains: running (its running statistics, as test images) or separate (a pass of their own on their batch's statistics, as fakereg's --fake-bn separate)"))
     coop_s: float = field(default=0.016, metadata=_h("std s of the reference Gaussian N(0, s^2 I) of p_theta (CoopNets form)"))
     # Langevin revision
     langevin_form: str = field(default="sgld", metadata=_h("Langevin parameterisation: sgld or coopnets"))
@@ -179,7 +182,7 @@ class CoopHashArgs:
         if self.langevin_steps < 0:
             raise ValueError(f"langevin_steps must be >= 0, got {self.langevin_steps}")
         choices = {"coop_density": DENSITY_FORMS, "coop_contrast": CONTRASTS, "coop_chain_init": CHAIN_INITS,
-                   "coop_gate": GATES}
+                   "coop_gate": GATES, "coop_gen_bn": GEN_BN_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -192,6 +195,9 @@ class CoopHashArgs:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.coop_data_noise < 0:
             raise ValueError(f"coop_data_noise must be >= 0, got {self.coop_data_noise}")
+        if self.coop_gen_bn != "running" and self.coop_trunk_norm != "batch":
+            raise ValueError(f"coop_gen_bn={self.coop_gen_bn!r} needs coop_trunk_norm=batch (a trunk without batch "
+                             f"norm has no statistics to keep apart), got coop_trunk_norm={self.coop_trunk_norm!r}")
 
 
 class _Clock(nn.Module):
@@ -337,7 +343,7 @@ class CoopHash(Method):
         x_hat = torch.cat(xs + ([chains[1]] if chains else [])).detach()
         y_cond = torch.cat(ys + ([chains[2]] if chains else [])).to(x_hat.dtype)
         label = y_cond if a.langevin_label_aware else None
-        with running_statistics(self.desc):  # per-image energies, running statistics untouched by samples
+        with self._generated_statistics():  # running statistics never updated by samples
             x_rev, stats = langevin_revise(lambda v: self.desc.energy(v, label), x_hat, self.langevin,
                                            frozen_modules=[self.desc], final_energy=False)
         self._guard_revision(stats)
@@ -421,6 +427,13 @@ class CoopHash(Method):
                 "or a smaller --lr"
             )
 
+    def _generated_statistics(self) -> Any:
+        """How batch norm sees generated images in revision: on the running statistics (per-image energies), or
+        with ``coop_gen_bn=separate`` on the chains' own batch statistics; never updating the running ones."""
+        if self.args.coop_gen_bn == "separate":
+            return frozen_norm_statistics(self.desc)
+        return running_statistics(self.desc)
+
     def _descriptor_step(self, ctx: dict[str, Any]) -> LossOutput:
         """One forward pass of the descriptor on [real; revised; chains] images (one more on strong views of
         the unlabeled rows when pseudo-labels are on), then its objective."""
@@ -461,13 +474,20 @@ class CoopHash(Method):
         With a batch-norm trunk the real rows pass on batch statistics (and update them) for every head but the
         density, whose real and generated values both come from a pass on the running statistics: compared
         under two normalisations, real and generated images would differ by that alone, and the density
-        contrast would learn the difference instead of the images.
+        contrast would learn the difference instead of the images.  With ``coop_gen_bn=separate`` the generated
+        rows take a pass of their own on their batch's statistics instead (running statistics untouched) and every
+        head, the density included, reads each group's own pass.
         """
         a: CoopHashArgs = self.args
         gen = [] if coop is None else [coop["x_tilde"]] + ([coop["x_chain"]] if coop["x_chain"].shape[0] else [])
         if a.coop_trunk_norm != "batch" or not gen:
             return self.desc(torch.cat([x_real] + gen), density_grad_scale=a.coop_density_grad_scale)
         out_real = self.desc(x_real, density_grad_scale=a.coop_density_grad_scale)
+        if a.coop_gen_bn == "separate":  # generated rows on their own batch's statistics, running ones untouched
+            with frozen_norm_statistics(self.desc):
+                out_gen = self.desc(torch.cat(gen), density_grad_scale=a.coop_density_grad_scale)
+            return DescriptorOutput(**{f.name: torch.cat([getattr(out_real, f.name), getattr(out_gen, f.name)])
+                                       for f in dataclasses.fields(DescriptorOutput)})
         with running_statistics(self.desc):
             out_fixed = self.desc(torch.cat([x_real] + gen), density_grad_scale=a.coop_density_grad_scale)
         n = x_real.shape[0]

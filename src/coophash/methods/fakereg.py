@@ -23,8 +23,6 @@ reads the fakes.  ``fake_weight = 0`` trains exactly the supervised baseline (no
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +43,7 @@ from coophash.losses.entropy import (
 from coophash.methods.base import DataInfo, Method, register_method
 from coophash.methods.gan import GanArgs
 from coophash.methods.supervised import SupervisedHashing
+from coophash.nets.norm import frozen_norm_statistics
 from coophash.nets.output import HashOutput
 from coophash.utils.meter import RunningMeans
 
@@ -52,27 +51,6 @@ __all__ = ["FAKE_BN_MODES", "FakeRegArgs", "FakeRegHashing", "frozen_norm_statis
 
 #: How batch norm sees the fakes: with the real batch in one pass, or in a pass of their own.
 FAKE_BN_MODES = ("mixed", "separate")
-
-
-@contextlib.contextmanager
-def frozen_norm_statistics(net: nn.Module) -> Iterator[None]:
-    """Forward passes whose batch-norm layers normalise by their batch but leave the running statistics alone.
-
-    Inside the block every normalisation layer of ``net`` that tracks running statistics stops tracking them
-    (``track_running_stats = False``): in training mode it still normalises by the statistics of the batch it
-    sees and passes gradients through them, but its ``running_mean``, ``running_var`` and
-    ``num_batches_tracked`` are neither read nor written (not even touched, so autograd's saved tensors of
-    other passes stay valid).  On exit the flags are put back.  Nothing random is drawn and no state is added,
-    so a killed run resumes as before.
-    """
-    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
-    for m in layers:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in layers:
-            m.track_running_stats = True
 
 
 @dataclass
