@@ -193,8 +193,8 @@ def test_cli_and_api_apply_the_method_defaults(tmp_path):
     assert Hasher(method="semi", unlabeled_batch_size=4)._config("digits").unlabeled_batch_size == 4
     assert Hasher()._config("digits").backbone == "smallconv"
     coop = build_config(None, {"method": "coophash"}, [])  # config.yaml names the trunk CoopHash really builds
-    assert (coop.backbone, coop.unlabeled_batch_size) == ("smallconv-nobn", 64)
-    assert Hasher(method="coophash")._config("digits").backbone == "smallconv-nobn"
+    assert (coop.backbone, coop.unlabeled_batch_size) == ("smallconv", 64)
+    assert Hasher(method="coophash")._config("digits").backbone == "smallconv"
     # the recipe's method_args fill what the user left open; the user's own values win
     coop = build_config(None, {"method": "coophash"}, [], {"langevin_steps": 3, "coop_pseudo_weight": 0.5})
     recipe = METHODS["coophash"].config_defaults["method_args"]
@@ -203,8 +203,9 @@ def test_cli_and_api_apply_the_method_defaults(tmp_path):
     import yaml
 
     suite_entry = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "scarce.yaml").read_text())
-    entry = next(m for m in suite_entry["methods"] if m["name"] == "coop-pseudo-gn")
-    assert entry["method_args"] == recipe and entry["backbone"] == "smallconv-nobn"  # the benchmarked recipe
+    entry = next(m for m in suite_entry["methods"] if m["name"] == "coop-recipe")
+    assert entry["method_args"] == recipe and entry["backbone"] == "smallconv"  # the benchmarked recipe
+    assert entry["unlabeled_batch_size"] == 64 and "epochs" not in entry
 
 
 def test_semi_is_listed_by_the_cli():

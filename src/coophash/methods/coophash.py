@@ -215,15 +215,16 @@ class CoopHash(Method):
     uses_unlabeled = True
     Args = CoopHashArgs
     # The validated recipe (docs/coophash.md, "Scarce labels"; best validation mAP at 2% labels among the variants
-    # of benchmarks/scarce.yaml): the trunk it really uses, unlabeled images for the density and pseudo-labels,
-    # a per-sample-normalised trunk, pseudo-labels into the hash and class losses, an EMA that encodes.
+    # of benchmarks/scarce.yaml, entry coop-recipe): the baselines' batch-norm trunk with generated images and chains
+    # in a batch-norm pass of their own, unlabeled images for the density and pseudo-labels, pseudo-labels into the
+    # hash and class losses, an EMA that encodes, revision and the generator step every other step.
     config_defaults: ClassVar[dict[str, Any]] = {
-        "backbone": "smallconv-nobn",
+        "backbone": "smallconv",
         "unlabeled_batch_size": 64,
         "method_args": {
-            "coop_gen_target": "known", "coop_gamma": 0.1, "coop_gen_hash_weight": 1.0, "coop_density_hidden": 128,
-            "coop_density_grad_scale": 0.5, "coop_pseudo_weight": 1.0, "coop_pseudo_hash_weight": 1.0,
-            "coop_trunk_norm": "group", "coop_ema_encode": 0.999,
+            "coop_pseudo_weight": 1.0, "coop_pseudo_hash_weight": 1.0, "coop_gen_hash_weight": 1.0,
+            "coop_gen_target": "known", "coop_gamma": 0.1, "coop_density_hidden": 128, "coop_density_grad_scale": 0.5,
+            "coop_trunk_norm": "batch", "coop_gen_bn": "separate", "coop_ema_encode": 0.999, "coop_interval": 2,
         },
     }
 
