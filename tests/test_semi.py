@@ -351,3 +351,29 @@ def test_coophash_separate_batch_norm_pass_for_generated_images():
     with pytest.raises(ValueError, match="coop_gen_bn='separate' needs coop_trunk_norm=batch"):
         create_method(cfg.replace(backbone="smallconv-nobn", method_args={"coop_gen_bn": "separate"}),
                       DataInfo(4, 1, 8, 64), torch.device("cpu"))
+
+
+def test_sampling_revises_with_the_batch_norm_of_training():
+    """coophash sample on a coop_gen_bn=separate run revises on the chains' batch statistics, as training did,
+    though the loaded method is in eval mode; running statistics stay untouched and modes are restored."""
+    from coophash.methods.coophash_sample import sample_pairs, seeded_rng
+    from coophash.nets.norm import batch_norm_layers
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(method="coophash", backbone="smallconv", bits=16, method_args={
+        "coop_trunk_norm": "batch", "coop_gen_bn": "separate", "langevin_steps": 2, "coop_gen_width": 8,
+        "coop_latent_dim": 8})
+    m = create_method(cfg, DataInfo(n_classes=4, channels=1, image_size=8, n_train=64), torch.device("cpu"))
+    m.train(False)
+    stats = [b.running_mean.clone() for b in batch_norm_layers(m.desc)]
+    seen = []
+    hook = m.desc.trunk.register_forward_hook(
+        lambda mod, i, o: seen.append([b.training and not b.track_running_stats for b in batch_norm_layers(mod)]))
+    y = torch.eye(4)
+    with seeded_rng(0):
+        s = sample_pairs(m, y)
+    hook.remove()
+    assert seen and all(all(flags) for flags in seen)  # every revision pass: batch statistics, nothing stored
+    assert all(not b.training and b.track_running_stats for b in batch_norm_layers(m.desc))
+    assert all(torch.equal(a, b.running_mean) for a, b in zip(stats, batch_norm_layers(m.desc)))
+    assert s["rev_pos"].shape == (4, 1, 8, 8) and not torch.equal(s["rev_pos"], s["gen_pos"])

@@ -47,9 +47,11 @@ and wires the formulas into the three phases, with the warm-up/ramp schedule and
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar, Optional
@@ -84,7 +86,7 @@ from coophash.nets.descriptor import (
     log_p_y_given_x,
 )
 from coophash.nets.ema import WeightEMA
-from coophash.nets.norm import frozen_norm_statistics, running_statistics
+from coophash.nets.norm import batch_norm_layers, frozen_norm_statistics, running_statistics
 from coophash.nets.pair_generator import PairGenerator
 
 __all__ = ["CoopHash", "CoopHashArgs", "CHAIN_INITS", "GATES", "GEN_BN_MODES"]
@@ -344,7 +346,7 @@ class CoopHash(Method):
         x_hat = torch.cat(xs + ([chains[1]] if chains else [])).detach()
         y_cond = torch.cat(ys + ([chains[2]] if chains else [])).to(x_hat.dtype)
         label = y_cond if a.langevin_label_aware else None
-        with self._generated_statistics():  # running statistics never updated by samples
+        with self.generated_statistics():  # running statistics never updated by samples
             x_rev, stats = langevin_revise(lambda v: self.desc.energy(v, label), x_hat, self.langevin,
                                            frozen_modules=[self.desc], final_energy=False)
         self._guard_revision(stats)
@@ -428,12 +430,26 @@ class CoopHash(Method):
                 "or a smaller --lr"
             )
 
-    def _generated_statistics(self) -> Any:
-        """How batch norm sees generated images in revision: on the running statistics (per-image energies), or
-        with ``coop_gen_bn=separate`` on the chains' own batch statistics; never updating the running ones."""
-        if self.args.coop_gen_bn == "separate":
-            return frozen_norm_statistics(self.desc)
-        return running_statistics(self.desc)
+    @contextlib.contextmanager
+    def generated_statistics(self) -> Iterator[None]:
+        """How batch norm sees generated images in revision (training and ``coophash sample`` alike): on the
+        running statistics (per-image energies), or with ``coop_gen_bn=separate`` on the chains' own batch
+        statistics (batch-norm layers in training mode inside, whatever the mode outside); never updating the
+        running ones."""
+        if self.args.coop_gen_bn != "separate":
+            with running_statistics(self.desc):
+                yield
+            return
+        layers = batch_norm_layers(self.desc)
+        modes = [m.training for m in layers]
+        try:
+            for m in layers:
+                m.train(True)
+            with frozen_norm_statistics(self.desc):
+                yield
+        finally:
+            for m, mode in zip(layers, modes):
+                m.train(mode)
 
     def _descriptor_step(self, ctx: dict[str, Any]) -> LossOutput:
         """One forward pass of the descriptor on [real; revised; chains] images (one more on strong views of

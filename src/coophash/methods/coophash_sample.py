@@ -45,7 +45,9 @@ def sample_pairs(method: Any, y: Tensor, steps: Optional[int] = None) -> dict[st
     x_hat = torch.cat([pairs.x_pos, pairs.x_neg])
     y_all = torch.cat([pairs.y_pos, pairs.y_neg])
     label = y_all if method.args.langevin_label_aware else None
-    x_t, _ = langevin_revise(lambda v: desc.energy(v, label), x_hat, cfg, frozen_modules=[desc], final_energy=False)
+    with method.generated_statistics():  # batch norm as revision saw it in training
+        x_t, _ = langevin_revise(lambda v: desc.energy(v, label), x_hat, cfg, frozen_modules=[desc],
+                                 final_energy=False)
     n = y.shape[0]
     return {"gen_pos": pairs.x_pos, "rev_pos": x_t[:n], "gen_neg": pairs.x_neg, "rev_neg": x_t[n:],
             "y_pos": pairs.y_pos, "y_neg": pairs.y_neg}
