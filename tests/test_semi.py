@@ -377,3 +377,15 @@ def test_sampling_revises_with_the_batch_norm_of_training():
     assert all(not b.training and b.track_running_stats for b in batch_norm_layers(m.desc))
     assert all(torch.equal(a, b.running_mean) for a, b in zip(stats, batch_norm_layers(m.desc)))
     assert s["rev_pos"].shape == (4, 1, 8, 8) and not torch.equal(s["rev_pos"], s["gen_pos"])
+
+
+def test_train_help_names_the_recipe_value_beside_the_option_default():
+    from coophash.cli import cli
+
+    res = CliRunner().invoke(cli, ["train", "--help"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0
+    assert "steps [coophash; default 1; the plain --method coophash uses 2]" in text
+    assert "[semi; default 0.0; the plain --method semi uses 0.999]" in text
+    assert "--coop-pairs INTEGER labeled anchors per step that get a generated contrastive pair [coophash; default 16]" \
+        in text

@@ -295,7 +295,9 @@ def method_options(func: Callable) -> Callable:
             seen.add(f.name)
             default = f.default if f.default is not dataclasses.MISSING else None
             typ = _CLICK_TYPES.get(type(default), _YamlValue())
-            helptext = f.metadata.get("help", "") + f" [{mname}; default {default!r}]"
+            recipe = getattr(mcls, "config_defaults", {}).get("method_args", {})
+            plain = f"; the plain --method {mname} uses {recipe[f.name]!r}" if f.name in recipe else ""
+            helptext = f.metadata.get("help", "") + f" [{mname}; default {default!r}{plain}]"
             flag = "--" + f.name.replace("_", "-")
             func = click.option(flag, METHOD_OPTION_PREFIX + f.name, type=typ, default=None, help=helptext)(func)
     return func
