@@ -40,27 +40,36 @@ def _load(out: Path, suite_path: str) -> dict[str, dict[tuple[float, int], dict]
     return runs
 
 
+#: What the curves figure shows (the others are in the tables): the baselines, the yardstick, both CoopHash recipes
+#: and the recipe without cooperation, at both budgets.
+PLOT_ENTRIES = ("dpsh", "dpsh-40ep", "semi-dpsh-ema", "semi-dpsh-40ep", "semi-dpsh-ema-40ep", "semi-dpsh-gn",
+                "coop-pseudo-gn", "coop-pseudo-gn-40ep", "coop-recipe", "coop-recipe-40ep", "coop-recipe-no-cooperation")
+
+
 def plot_curves(runs: dict[str, dict[tuple[float, int], dict]], path: str, lf: float = 0.02) -> None:
-    """Mean validation mAP per epoch of each entry at label fraction ``lf`` (runs without curves skipped)."""
+    """Mean validation mAP per epoch of the :data:`PLOT_ENTRIES` at label fraction ``lf`` (runs without curves
+    skipped)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.set_prop_cycle(color=plt.cm.tab20.colors)
-    for name, recs in runs.items():
+    fig, ax = plt.subplots(figsize=(9, 4.6))
+    for i, name in enumerate(n for n in PLOT_ENTRIES if n in runs):
+        recs = runs[name]
         curves = [r["curves"] for (f, _), r in recs.items() if f == lf and r.get("curves")]
         if not curves:
             continue
         n = min(len(c["val_map"]) for c in curves)
         mean = [statistics.mean(c["val_map"][e] for c in curves) for e in range(n)]
-        ax.plot(range(1, n + 1), mean, marker="." if n <= 10 else None, label=f"{name} ({len(curves)} seeds)")
+        ax.plot(range(1, n + 1), mean, marker="." if n <= 10 else None, color=plt.cm.tab10(i % 10),
+                linestyle="--" if name.endswith("-40ep") else "-", label=f"{name} ({len(curves)} seeds)")
     ax.set_xlabel("epoch (63 optimiser steps each)")
     ax.set_ylabel("validation mAP@all")
     ax.set_title(f"MNIST, 32 bits, {lf:.0%} labels")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.set_ylim(0.6, 1.0)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
