@@ -40,7 +40,7 @@ def score_batch(desc: torch.nn.Module, x: torch.Tensor, multi_label: bool) -> di
     with torch.enable_grad():
         x = x.detach().clone().requires_grad_(True)
         feats = desc.trunk(x)
-        f = desc._density_of(feats, desc.category_head(feats))
+        f = desc.density_of_features(feats, desc.category_head(feats))
         (grad,) = torch.autograd.grad(f.sum(), x)
     with torch.no_grad():
         logits = desc.category_head(feats.detach())

@@ -125,6 +125,27 @@ def test_smallconv_gn_is_the_descriptor_trunk_with_group_norm() -> None:
     torch.testing.assert_close(net(x)[:1], net(x[:1]))
 
 
+def test_descriptor_group_trunk_keeps_its_checkpoint_layout() -> None:
+    """Checkpoints of trunk_norm='group' runs load: the trunk's parameter names are those it always had (conv,
+    GroupNorm, act, pool per stage; flatten, linear, LayerNorm, act in the head)."""
+    from coophash.nets.descriptor import MultipurposeDescriptor
+
+    desc = MultipurposeDescriptor(1, 28, nbits=16, n_classes=10, trunk_norm="group")
+    assert list(desc.trunk.state_dict()) == [
+        f"{part}.{i}.{w}" for part, i in [("features", 0), ("features", 1), ("features", 4), ("features", 5),
+                                          ("features", 7), ("features", 8), ("head", 1), ("head", 2)]
+        for w in ("weight", "bias")
+    ]
+    assert [type(m) for m in desc.trunk.features][:4] == [nn.Conv2d, nn.GroupNorm, nn.LeakyReLU, nn.AvgPool2d]
+
+
+def test_descriptor_group_norm_needs_a_smallconv_trunk() -> None:
+    from coophash.nets.descriptor import MultipurposeDescriptor
+
+    with pytest.raises(ValueError, match="trunk_norm='group' needs a smallconv trunk"):
+        MultipurposeDescriptor(1, 28, nbits=16, n_classes=10, backbone="resnet18", trunk_norm="group")
+
+
 def test_smallconv_rejects_unknown_norm() -> None:
     with pytest.raises(ValueError, match="norm must be 'batch', 'none' or 'group'"):
         create_backbone("smallconv", norm="layer")

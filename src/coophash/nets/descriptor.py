@@ -116,26 +116,6 @@ def _kaiming_init(module: nn.Module, negative_slope: float = 0.2) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _add_sample_norm(trunk: nn.Module, groups: int = 8) -> None:
-    """Insert per-sample normalisation after every conv (GroupNorm) and linear (LayerNorm) of a smallconv trunk.
-
-    Unlike batch norm it does not couple the images of a batch, so energies stay comparable across batches and
-    Langevin revision of one image does not depend on the others.
-    """
-    for name in ("features", "head"):
-        seq = getattr(trunk, name, None)
-        if not isinstance(seq, nn.Sequential):
-            raise ValueError("trunk_norm='group' needs a smallconv-style trunk (features / head Sequentials)")
-        layers: list[nn.Module] = []
-        for layer in seq:
-            layers.append(layer)
-            if isinstance(layer, nn.Conv2d):
-                layers.append(nn.GroupNorm(min(groups, layer.out_channels), layer.out_channels))
-            elif isinstance(layer, nn.Linear):
-                layers.append(nn.LayerNorm(layer.out_features))
-        setattr(trunk, name, nn.Sequential(*layers))
-
-
 class DensityHead(nn.Module):
     """Scalar density ``f_θ`` from trunk features: linear, or with its own hidden layer (``hidden > 0``)."""
 
@@ -209,19 +189,25 @@ class MultipurposeDescriptor(nn.Module):
         if density not in DENSITY_FORMS:
             raise ValueError(f"density must be one of {DENSITY_FORMS}, got {density!r}")
         self.density_form = density
-        if backbone == "smallconv-nobn" or backbone.startswith("smallconv"):
-            backbone_kw.setdefault("spectral_norm", spectral_norm)
-        self.trunk = create_backbone(backbone, in_channels=in_channels, image_size=image_size, **backbone_kw)
-        has_bn = any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in self.trunk.modules())
         if trunk_norm not in ("none", "group", "batch"):
             raise ValueError(f"trunk_norm must be 'none', 'group' or 'batch', got {trunk_norm!r}")
+        smallconv_family = backbone.startswith("smallconv")
+        if smallconv_family:
+            backbone_kw.setdefault("spectral_norm", spectral_norm)
+        if trunk_norm == "group":
+            # per-sample normalisation (GroupNorm after every conv, LayerNorm after the linear): smallconv's own
+            # ``norm="group"`` (the ``smallconv-gn`` backbone), which couples no two images of a batch, so energies
+            # stay comparable across batches and Langevin revision of one image does not depend on the others
+            if not smallconv_family:
+                raise ValueError(f"trunk_norm='group' needs a smallconv trunk (smallconv-nobn), got {backbone!r}")
+            backbone_kw["norm"] = "group"
+        self.trunk = create_backbone(backbone, in_channels=in_channels, image_size=image_size, **backbone_kw)
+        has_bn = any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in self.trunk.modules())
         if has_bn != (trunk_norm == "batch"):
             raise ValueError(
                 f"backbone {backbone!r} {'has' if has_bn else 'has no'} batch norm but trunk_norm is "
                 f"{trunk_norm!r}: use smallconv-nobn for none/group, a batch-norm trunk (smallconv) for batch"
             )
-        if trunk_norm == "group":
-            _add_sample_norm(self.trunk)
         if init == "kaiming":
             _kaiming_init(self.trunk)
         nf = int(getattr(self.trunk, "num_features"))
@@ -243,8 +229,9 @@ class MultipurposeDescriptor(nn.Module):
         """True when the density is the logsumexp of the category logits (JEM's form)."""
         return self.density_form == "tied"
 
-    def _density_of(self, feats: Tensor, logits: Optional[Tensor] = None, grad_scale: float = 1.0) -> Tensor:
-        """``f_θ`` from trunk features (``logits``: the category head's on the same, unscaled features)."""
+    def density_of_features(self, feats: Tensor, logits: Optional[Tensor] = None, grad_scale: float = 1.0) -> Tensor:
+        """``f_θ`` from trunk features ``feats = trunk(x)`` (``logits``: the category head's on the same, unscaled
+        features, reused by the tied form; ``grad_scale`` scales the density's gradient into the trunk)."""
         if not self.tied:
             return self.density_head(scale_grad(feats, grad_scale))
         if logits is None or grad_scale != 1.0:
@@ -261,12 +248,12 @@ class MultipurposeDescriptor(nn.Module):
             pre=pre,
             u=torch.tanh(pre),
             logits=logits,
-            f=self._density_of(feats, logits, density_grad_scale),
+            f=self.density_of_features(feats, logits, density_grad_scale),
         )
 
     def density(self, x: Tensor) -> Tensor:
         """``f_θ(x)`` of shape (N,) (higher = more probable)."""
-        return self._density_of(self.trunk(x))
+        return self.density_of_features(self.trunk(x))
 
     def energy(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """The revision target ``f_θ(x) + log p_θ(y|x)`` (label-aware) or ``f_θ(x)`` when ``y`` is None.
@@ -275,7 +262,7 @@ class MultipurposeDescriptor(nn.Module):
         """
         feats = self.trunk(x)
         if y is None:
-            return self._density_of(feats)
+            return self.density_of_features(feats)
         logits = self.category_head(feats)
         if self.tied:
             return label_energy(logits, y, self.multi_label)
