@@ -2,10 +2,12 @@
 
 ``docs/paper/results.json`` holds every run of ``coophash bench paper`` (samples left out) and every table;
 rebuilding the tables from its runs must give the same file, and ``report.md`` rendered from them the
-committed ``docs/paper/report.md`` (only the time and machine of writing are taken from the file).
+committed ``docs/paper/report.md`` (only the time and machine of writing are taken from the file). The plan is that of
+``docs/paper/suite.yaml``, the suite the report was made from.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,7 +24,9 @@ PAPER = Path(__file__).resolve().parents[1] / "docs" / "paper"
 def paper() -> tuple[dict, SuiteRun]:
     committed = json.loads((PAPER / "results.json").read_text())
     recs = {r["key"]: {k: v for k, v in r.items() if k not in ("method", "experiments")} for r in committed["runs"]}
-    plan = plan_suite(load_suite("paper"), device="cuda", lookup=lambda run: recs.get(run.key))
+    # the frozen suite stands in for the shipped paper.yaml the report names as its source
+    suite = dataclasses.replace(load_suite(PAPER / "suite.yaml"), source=committed["source"])
+    plan = plan_suite(suite, device="cuda", lookup=lambda run: recs.get(run.key))
     sr = SuiteRun(plan=plan, records={r.key: recs[r.key] for r in plan.runs if r.key in recs},
                   search=committed["cost"]["search"], out=Path("unused"), report_dir=Path("unused") / "report")
     return committed, sr
