@@ -148,5 +148,6 @@ def test_fakereg_defaults_are_the_validated_recipe_fakes_in_their_own_pass():
         "fake_bn": "mixed", "fake_weight": 0.1}
     assert Hasher(method="fakereg")._config("digits").method_args == recipe
     suite = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "overfit.yaml").read_text())
-    entry = next(m for m in suite["methods"] if m["name"] == "fr-wideconv-bnsep")
-    assert entry["method_args"] == recipe  # the benchmarked variant
+    for name in ("fakereg-dpsh-wideconv", "fakereg-dpsh-resnet18"):  # the benchmarked arms
+        entry = next(m for m in suite["methods"] if m["name"] == name)
+        assert entry["method_args"] == recipe

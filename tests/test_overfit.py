@@ -176,7 +176,8 @@ OVERFIT_SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "overfit.ya
 
 def test_overfit_suite_plans_both_arms_both_backbones_and_one_change_variants():
     """The issue-12 grid: fakereg-dpsh vs dpsh with resnet18 and wideconv at 32 bits, 100/10/2% labels, 3 seeds,
-    one epoch count for every run; at 2% each variant differs from fakereg's defaults in one method argument."""
+    one epoch count for every run; at 2% each variant differs from fakereg's former default (fakes mixed) in one
+    method argument."""
     from coophash.methods.base import parse_method_args
     from coophash.methods.fakereg import FakeRegArgs, FakeRegHashing
     from coophash.suite import load_suite, plan_suite
@@ -191,14 +192,21 @@ def test_overfit_suite_plans_both_arms_both_backbones_and_one_change_variants():
         assert sorted({r.cfg.label_fraction for r in plan.runs if r.method == name}) == [0.02, 0.1, 1.0]
     variants = [r for r in plan.runs if r.method not in arms]
     assert {r.cfg.label_fraction for r in variants} == {0.02} and len(variants) == 3 * 14
+    # the fakereg arms run the method's defaults (its recipe); the variants are fakereg's former default (fakes
+    # mixed into the real batch: FakeRegArgs' field defaults, no method_args) and one change from it each
+    recipe = FakeRegHashing.config_defaults["method_args"]
+    for r in plan.runs:
+        if r.method.startswith("fakereg-"):
+            assert r.cfg.method_args == recipe
     default = FakeRegArgs()
+    assert {r.method for r in variants if not r.cfg.method_args} == {"fr-resnet18-mixed", "fr-wideconv-mixed"}
     for r in variants:
         assert r.cfg.method == "fakereg" and r.cfg.loss == "dpsh"
         args = parse_method_args(FakeRegHashing, r.cfg.method_args)
         changed = [k for k in vars(default) if getattr(args, k) != getattr(default, k)]
-        assert len(changed) == 1, (r.method, changed)
+        assert len(changed) == (0 if r.method.endswith("-mixed") else 1), (r.method, changed)
     changed_args = {k for r in variants for k in r.cfg.method_args}
-    assert changed_args == {"fake_entropy", "fake_weight", "gan_conditional", "gan_epochs", "fake_bn"}
+    assert changed_args == {"fake_entropy", "fake_weight", "gan_conditional", "gan_epochs"}
     assert len(plan.runs) == 3 * (4 * 3 + 14) and {r.key for r in plan.runs_for("overfitting")} == {
         r.key for r in plan.runs}
     # the suite's configs build: the wide net and resnet18 on mnist5k's 28 px one-channel images
