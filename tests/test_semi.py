@@ -208,6 +208,37 @@ def test_cli_and_api_apply_the_method_defaults(tmp_path):
     assert entry["unlabeled_batch_size"] == 64 and "epochs" not in entry
 
 
+def test_config_records_the_trunk_coophash_builds_without_batch_norm(tmp_path, caplog):
+    """With coop_trunk_norm none or group CoopHash's trunk is smallconv-nobn: the CLI and the API record it in the
+    config (so config.yaml says what was built); an explicit smallconv with those is a one-line usage error; a
+    config that names smallconv anyway (older runs, suite entries taken literally) builds smallconv-nobn, saying so."""
+    import click
+
+    from coophash.cli.common import build_config
+    from coophash.methods.coophash import CoopHash
+
+    gn = {"coop_trunk_norm": "group", "coop_gen_bn": "running"}
+    assert build_config(None, {"method": "coophash"}, [], gn).backbone == "smallconv-nobn"
+    assert build_config(None, {"method": "coophash"}, [], {"coop_trunk_norm": "batch"}).backbone == "smallconv"
+    assert build_config(None, {"method": "coophash", "backbone": "smallconv-nobn"}, [], gn).backbone == "smallconv-nobn"
+    assert Hasher(method="coophash", method_args=gn)._config("digits").backbone == "smallconv-nobn"
+    path = tmp_path / "c.yaml"
+    path.write_text("method: coophash\nmethod_args: {coop_trunk_norm: none, coop_gen_bn: running}\n")
+    assert build_config(str(path), {}, []).backbone == "smallconv-nobn"
+    with pytest.raises(click.UsageError, match="backbone 'smallconv' has batch norm but coop_trunk_norm is 'group'"):
+        build_config(None, {"method": "coophash", "backbone": "smallconv"}, [], gn)
+    with pytest.raises(ValueError, match="use backbone smallconv-nobn"):
+        Hasher(method="coophash", backbone="smallconv", method_args=gn)._config("digits")
+    # a literal config (no resolution): the descriptor is built without batch norm all the same
+    cfg = TrainConfig.from_dict({"method": "coophash", "backbone": "smallconv", "bits": 8,
+                                 "method_args": {"coop_trunk_norm": "none"}})
+    info = DataInfo(n_classes=3, channels=1, image_size=8, n_train=30)
+    with caplog.at_level("WARNING"):
+        m = CoopHash(cfg, info, torch.device("cpu"))
+    assert "builds smallconv-nobn" in caplog.text
+    assert not any(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in m.desc.modules())
+
+
 def test_semi_is_listed_by_the_cli():
     from coophash.cli import cli
 

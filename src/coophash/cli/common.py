@@ -157,7 +157,10 @@ def build_config(config: Optional[str], flags: dict[str, Any], sets: Sequence[st
     if method_args:
         data["method_args"] = {**data["method_args"], **method_args}
     given = set(parsed) | {k for k, v in flags.items() if v is not None} | (_file_keys(config) if config else set())
-    data = apply_method_defaults(data, given)  # the method's recipe for every field the user left open
+    try:
+        data = apply_method_defaults(data, given)  # the method's recipe for every field the user left open
+    except ValueError as exc:
+        usage_fail(str(exc))
     cfg = _checked(data, "command line", None)
     origin = {**{k: f"{config}: {k}" for k in data if config}, **{k: f"--set {k}" for k in parsed},
               **{k: "--" + k.replace("_", "-") for k, v in flags.items() if v is not None}}

@@ -45,6 +45,13 @@ class Method:
     # to every field the user did not set (e.g. a batch of unlabeled images for a semi-supervised method).
     config_defaults: ClassVar[dict[str, Any]] = {}
 
+    @classmethod
+    def resolve_config(cls, data: dict[str, Any], given: set[str]) -> dict[str, Any]:
+        """``data`` with fields the method's arguments determine made explicit, so that the run's ``config.yaml``
+        records what the method really builds (``given``: the fields the user set; a contradiction between them
+        is a ValueError).  Called by :func:`apply_method_defaults` after the recipe; the default changes nothing."""
+        return data
+
     def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device) -> None:
         self.cfg = cfg
         self.info = info
@@ -135,7 +142,7 @@ def apply_method_defaults(data: dict[str, Any], given: set[str]) -> dict[str, An
     recipe = cls.config_defaults.get("method_args")
     if recipe:
         out["method_args"] = {**recipe, **dict(data.get("method_args") or {})}
-    return out
+    return cls.resolve_config(out, given)
 
 
 def parse_method_args(cls: type[Method], values: dict[str, Any]) -> Any:

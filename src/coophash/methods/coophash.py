@@ -230,10 +230,28 @@ class CoopHash(Method):
         },
     }
 
+    @classmethod
+    def resolve_config(cls, data: dict[str, Any], given: set[str]) -> dict[str, Any]:
+        """The trunk the descriptor builds, recorded: ``smallconv`` has batch norm, so with ``coop_trunk_norm`` none
+        or group the trunk is ``smallconv-nobn`` (a user's explicit ``smallconv`` with those is a contradiction)."""
+        trunk_norm = dict(data.get("method_args") or {}).get("coop_trunk_norm", CoopHashArgs.coop_trunk_norm)
+        if data.get("backbone") != "smallconv" or trunk_norm == "batch":
+            return data
+        if "backbone" in given:
+            raise ValueError(f"backbone 'smallconv' has batch norm but coop_trunk_norm is {trunk_norm!r}: use backbone "
+                             "smallconv-nobn for a trunk without batch norm, or coop_trunk_norm batch")
+        return {**data, "backbone": "smallconv-nobn"}
+
     def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device) -> None:
         super().__init__(cfg, info, device)
         a: CoopHashArgs = self.args
-        backbone = cfg.backbone if cfg.backbone != "smallconv" or a.coop_trunk_norm == "batch" else "smallconv-nobn"
+        backbone = cfg.backbone
+        if backbone == "smallconv" and a.coop_trunk_norm != "batch":
+            # a config written before the CLI and the API recorded the trunk (resolve_config), or a suite entry,
+            # whose fields are taken literally: the descriptor's trunk without batch norm, as it always was
+            log.warning("coophash: backbone smallconv with coop_trunk_norm=%s builds smallconv-nobn (no batch norm)",
+                        a.coop_trunk_norm)
+            backbone = "smallconv-nobn"
         self.desc = MultipurposeDescriptor(
             info.channels, info.image_size, cfg.bits, info.n_classes, latent_dim=a.coop_latent_dim,
             backbone=backbone, multi_label=info.multi_label, density_hidden=a.coop_density_hidden,
