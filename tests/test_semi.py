@@ -2,6 +2,7 @@
 weight EMA that encodes, and CoopHash on a batch-norm trunk (generated images on running statistics only)."""
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from coophash.data.augment import cutout, random_affine, strong_augment
 from coophash.losses.semi import consistency_loss, pseudo_labels
 from coophash.methods import METHODS, DataInfo, create_method
 from coophash.methods.base import apply_method_defaults
+from coophash.nets.norm import frozen_norm_statistics
 
 
 # -- formulas against slow references -------------------------------------------------------------
@@ -382,6 +384,84 @@ def test_coophash_separate_batch_norm_pass_for_generated_images():
     with pytest.raises(ValueError, match="coop_gen_bn='separate' needs coop_trunk_norm=batch"):
         create_method(cfg.replace(backbone="smallconv-nobn", method_args={"coop_gen_bn": "separate"}),
                       DataInfo(4, 1, 8, 64), torch.device("cpu"))
+
+
+def test_reference_statistics_normalise_like_the_reference_batch_per_image():
+    """capture_batch_statistics + reference_statistics: a network normalising by a reference batch's statistics
+    gives that batch exactly its training-mode outputs, gives any image the same output alone or in a batch, leaves
+    running statistics and modes as they were, and matches batch norm's formula on one layer."""
+    from coophash.nets.norm import capture_batch_statistics, reference_statistics
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 36, 5), torch.nn.BatchNorm1d(5))
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 2), net[1].bias.uniform_(-1, 1), net[5].bias.uniform_(-1, 1)
+    x_ref, x = torch.randn(16, 1, 8, 8) * 2 + 1, torch.randn(6, 1, 8, 8)
+    probe = copy.deepcopy(net).train(True)
+    want = probe(x_ref)  # training mode: the reference batch on its own statistics
+    running = [net[1].running_mean.clone(), net[5].running_var.clone()]
+    net.train(True)
+    with torch.no_grad(), frozen_norm_statistics(net), capture_batch_statistics(net) as stats:
+        net(x_ref)
+    assert len(stats) == 2 and stats[0][0].shape == (4,) and stats[1][1].shape == (5,)
+    with reference_statistics(net, stats):
+        assert not net[1].training
+        torch.testing.assert_close(net(x_ref), want)
+        out = net(x)
+        torch.testing.assert_close(net(x[2:3]), out[2:3])  # per image
+        h = net[0](x)
+        mean, var = stats[0]
+        manual = (h - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + net[1].eps)
+        torch.testing.assert_close(net[1](h), manual * net[1].weight[None, :, None, None]
+                                   + net[1].bias[None, :, None, None])
+    assert net[1].training and net[5].training
+    assert torch.equal(net[1].running_mean, running[0]) and torch.equal(net[5].running_var, running[1])
+    assert net[1].running_mean is not stats[0][0]
+    with pytest.raises(ValueError, match="2 batch-norm layers"):
+        with reference_statistics(net, stats[:1]):
+            pass
+
+
+def test_coophash_reference_batch_norm_for_generated_images():
+    """coop_gen_bn=reference: revision and the descriptor step normalise generated rows by the real batch's
+    statistics (per image), the real rows' outputs are those of a pass over them alone, running statistics are
+    updated by real rows only."""
+    from coophash.nets.norm import batch_norm_layers
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(method="coophash", backbone="smallconv", bits=16, unlabeled_batch_size=8, method_args={
+        "coop_trunk_norm": "batch", "coop_gen_bn": "reference", "coop_warmup_epochs": 0.0, "coop_ramp_epochs": 0.0,
+        "coop_pairs": 4, "langevin_steps": 2, "coop_gen_width": 8, "coop_latent_dim": 8})
+    m = create_method(cfg, DataInfo(n_classes=4, channels=1, image_size=8, n_train=64), torch.device("cpu"))
+    m.train(True)
+    ctx = _ctx()
+    stats = [b.running_mean.clone() for b in batch_norm_layers(m.desc)]
+    ref_stats = m._reference_of(ctx)
+    assert len(ref_stats) == len(stats) and all(b.training for b in batch_norm_layers(m.desc))
+    m.phases()[0].fn(ctx)  # revision on the real batch's statistics: running statistics untouched
+    assert all(torch.equal(a, b.running_mean) for a, b in zip(stats, batch_norm_layers(m.desc)))
+    x_gen = ctx["coop"]["x_tilde"]
+    reference = copy.deepcopy(m.desc).train(True)
+    ref_real = reference(ctx["x_all"])
+    out = m._forward_real_and_generated(ctx["x_all"], ctx["coop"])
+    n = ctx["x_all"].shape[0]
+    torch.testing.assert_close(out.f[:n], ref_real.f)
+    from coophash.nets.norm import reference_statistics
+
+    probe = copy.deepcopy(m.desc)
+    with reference_statistics(probe.trunk, ref_stats):
+        ref_gen = probe(x_gen)
+        one = probe(x_gen[:1])
+    torch.testing.assert_close(out.f[n:n + x_gen.shape[0]], ref_gen.f)
+    torch.testing.assert_close(out.logits[n:n + 1], one.logits)  # per image
+    for mine, ref in zip(batch_norm_layers(m.desc), batch_norm_layers(reference)):
+        assert torch.allclose(mine.running_mean, ref.running_mean)
+    out = m.phases()[1].fn(ctx)
+    assert math.isfinite(float(out.total.detach()))
+    with m.generated_statistics():  # coophash sample: no real batch, the running statistics
+        assert not any(b.training for b in batch_norm_layers(m.desc))
+    assert all(b.training for b in batch_norm_layers(m.desc))
 
 
 def test_sampling_revises_with_the_batch_norm_of_training():

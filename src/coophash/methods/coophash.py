@@ -86,7 +86,13 @@ from coophash.nets.descriptor import (
     log_p_y_given_x,
 )
 from coophash.nets.ema import WeightEMA
-from coophash.nets.norm import batch_norm_layers, frozen_norm_statistics, running_statistics
+from coophash.nets.norm import (
+    batch_norm_layers,
+    capture_batch_statistics,
+    frozen_norm_statistics,
+    reference_statistics,
+    running_statistics,
+)
 from coophash.nets.pair_generator import PairGenerator
 
 __all__ = ["CoopHash", "CoopHashArgs", "CHAIN_INITS", "GATES", "GEN_BN_MODES"]
@@ -94,8 +100,9 @@ __all__ = ["CoopHash", "CoopHashArgs", "CHAIN_INITS", "GATES", "GEN_BN_MODES"]
 #: Where Langevin chains start (``coop_chain_init``) and what gates generated pairs (``coop_gate``).
 CHAIN_INITS = ("generator", "noise")
 GATES = ("none", "head", "ema")
-#: How batch norm sees generated images and chains (with a batch-norm trunk): running statistics or a pass of their own.
-GEN_BN_MODES = ("running", "separate")
+#: How batch norm sees generated images and chains (with a batch-norm trunk): running statistics, a pass of their own,
+#: or the statistics of the step's real batch.
+GEN_BN_MODES = ("running", "separate", "reference")
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +123,7 @@ class CoopHashArgs:
     coop_spectral_norm: bool = field(default=False, metadata=_h("spectral norm on the descriptor trunk's weights"))
     coop_init: str = field(default="kaiming", metadata=_h("descriptor trunk init: kaiming (He-normal, leaky ReLU) or default (PyTorch's)"))
     coop_trunk_norm: str = field(default="none", metadata=_h("normalisation in the trunk: none, group (GroupNorm/LayerNorm, per sample) or batch (the batch-norm trunk smallconv; generated images never update its running statistics: see --coop-gen-bn)"))
-    coop_gen_bn: str = field(default="running", metadata=_h("with --coop-trunk-norm batch, how batch norm sees generated images and chains: running (its running statistics, as test images) or separate (a pass of their own on their batch's statistics, as fakereg's --fake-bn separate)"))
+    coop_gen_bn: str = field(default="running", metadata=_h("with --coop-trunk-norm batch, how batch norm sees generated images and chains: running (its running statistics, as test images), separate (a pass of their own on their batch's statistics, as fakereg's --fake-bn separate) or reference (the statistics of the step's real batch, as virtual batch norm: real and generated images normalised alike, per image)"))
     coop_s: float = field(default=0.016, metadata=_h("std s of the reference Gaussian N(0, s^2 I) of p_theta (CoopNets form)"))
     # Langevin revision
     langevin_form: str = field(default="sgld", metadata=_h("Langevin parameterisation: sgld or coopnets"))
@@ -364,7 +371,7 @@ class CoopHash(Method):
         x_hat = torch.cat(xs + ([chains[1]] if chains else [])).detach()
         y_cond = torch.cat(ys + ([chains[2]] if chains else [])).to(x_hat.dtype)
         label = y_cond if a.langevin_label_aware else None
-        with self.generated_statistics():  # running statistics never updated by samples
+        with self.generated_statistics(self._reference_of(ctx)):  # running statistics never updated by samples
             x_rev, stats = langevin_revise(lambda v: self.desc.energy(v, label), x_hat, self.langevin,
                                            frozen_modules=[self.desc], final_energy=False)
         self._guard_revision(stats)
@@ -448,13 +455,38 @@ class CoopHash(Method):
                 "or a smaller --lr"
             )
 
+    @torch.no_grad()
+    def _reference_of(self, ctx: dict[str, Any]) -> Optional[list[tuple[Tensor, Tensor]]]:
+        """With ``coop_gen_bn=reference``: the batch-norm statistics of this step's real batch (labeled and unlabeled
+        rows, as the descriptor step sees them), from a pass that leaves the running statistics alone; else None."""
+        if self.args.coop_gen_bn != "reference":
+            return None
+        layers = batch_norm_layers(self.desc.trunk)
+        modes = [m.training for m in layers]
+        try:
+            for m in layers:
+                m.train(True)
+            with frozen_norm_statistics(self.desc), capture_batch_statistics(self.desc.trunk) as stats:
+                self.desc.trunk(ctx["x_all"])
+        finally:
+            for m, mode in zip(layers, modes):
+                m.train(mode)
+        return stats
+
     @contextlib.contextmanager
-    def generated_statistics(self) -> Iterator[None]:
+    def generated_statistics(self, reference: Optional[list[tuple[Tensor, Tensor]]] = None) -> Iterator[None]:
         """How batch norm sees generated images in revision (training and ``coophash sample`` alike): on the
-        running statistics (per-image energies), or with ``coop_gen_bn=separate`` on the chains' own batch
-        statistics (batch-norm layers in training mode inside, whatever the mode outside); never updating the
-        running ones."""
-        if self.args.coop_gen_bn != "separate":
+        running statistics (per-image energies), with ``coop_gen_bn=separate`` on the chains' own batch
+        statistics (batch-norm layers in training mode inside, whatever the mode outside), with
+        ``coop_gen_bn=reference`` on ``reference``, the statistics of the step's real batch (per-image energies;
+        ``coophash sample``, which has no real batch, uses the running statistics, their average); never updating
+        the running ones."""
+        mode = self.args.coop_gen_bn
+        if mode == "reference" and reference is not None:
+            with reference_statistics(self.desc.trunk, reference):
+                yield
+            return
+        if mode != "separate":
             with running_statistics(self.desc):
                 yield
             return
@@ -466,8 +498,8 @@ class CoopHash(Method):
             with frozen_norm_statistics(self.desc):
                 yield
         finally:
-            for m, mode in zip(layers, modes):
-                m.train(mode)
+            for m, mode_ in zip(layers, modes):
+                m.train(mode_)
 
     def _descriptor_step(self, ctx: dict[str, Any]) -> LossOutput:
         """One forward pass of the descriptor on [real; revised; chains] images (one more on strong views of
@@ -511,12 +543,20 @@ class CoopHash(Method):
         under two normalisations, real and generated images would differ by that alone, and the density
         contrast would learn the difference instead of the images.  With ``coop_gen_bn=separate`` the generated
         rows take a pass of their own on their batch's statistics instead (running statistics untouched) and every
-        head, the density included, reads each group's own pass.
+        head, the density included, reads each group's own pass.  With ``coop_gen_bn=reference`` the generated rows
+        are normalised by the real rows' batch statistics of this very pass (detached), image by image.
         """
         a: CoopHashArgs = self.args
         gen = [] if coop is None else [coop["x_tilde"]] + ([coop["x_chain"]] if coop["x_chain"].shape[0] else [])
         if a.coop_trunk_norm != "batch" or not gen:
             return self.desc(torch.cat([x_real] + gen), density_grad_scale=a.coop_density_grad_scale)
+        if a.coop_gen_bn == "reference":  # generated rows on the real rows' batch statistics, per image
+            with capture_batch_statistics(self.desc.trunk) as stats:
+                out_real = self.desc(x_real, density_grad_scale=a.coop_density_grad_scale)
+            with reference_statistics(self.desc.trunk, stats):
+                out_gen = self.desc(torch.cat(gen), density_grad_scale=a.coop_density_grad_scale)
+            return DescriptorOutput(**{f.name: torch.cat([getattr(out_real, f.name), getattr(out_gen, f.name)])
+                                       for f in dataclasses.fields(DescriptorOutput)})
         out_real = self.desc(x_real, density_grad_scale=a.coop_density_grad_scale)
         if a.coop_gen_bn == "separate":  # generated rows on their own batch's statistics, running ones untouched
             with frozen_norm_statistics(self.desc):
