@@ -221,6 +221,13 @@ def test_config_records_the_trunk_coophash_builds_without_batch_norm(tmp_path, c
 
     gn = {"coop_trunk_norm": "group", "coop_gen_bn": "running"}
     assert build_config(None, {"method": "coophash"}, [], gn).backbone == "smallconv-nobn"
+    # the recipe's batch-norm mode for generated images does not apply to a trunk without batch norm
+    cfg = build_config(None, {"method": "coophash"}, [], {"coop_trunk_norm": "group"})
+    assert cfg.backbone == "smallconv-nobn" and cfg.method_args["coop_gen_bn"] == "running"
+    assert cfg.method_args["coop_interval"] == 2  # the rest of the recipe stays
+    with pytest.raises(ValueError, match="coop_gen_bn='separate' needs coop_trunk_norm=batch"):
+        create_method(Hasher(method="coophash", method_args={"coop_trunk_norm": "group", "coop_gen_bn": "separate"})
+                      ._config("digits"), DataInfo(4, 1, 8, 64), torch.device("cpu"))
     assert build_config(None, {"method": "coophash"}, [], {"coop_trunk_norm": "batch"}).backbone == "smallconv"
     assert build_config(None, {"method": "coophash", "backbone": "smallconv-nobn"}, [], gn).backbone == "smallconv-nobn"
     assert Hasher(method="coophash", method_args=gn)._config("digits").backbone == "smallconv-nobn"

@@ -46,10 +46,12 @@ class Method:
     config_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
-    def resolve_config(cls, data: dict[str, Any], given: set[str]) -> dict[str, Any]:
-        """``data`` with fields the method's arguments determine made explicit, so that the run's ``config.yaml``
-        records what the method really builds (``given``: the fields the user set; a contradiction between them
-        is a ValueError).  Called by :func:`apply_method_defaults` after the recipe; the default changes nothing."""
+    def resolve_config(cls, data: dict[str, Any], given: set[str], user_args: dict[str, Any]) -> dict[str, Any]:
+        """``data`` made consistent and explicit after the recipe was filled in: recipe values that contradict
+        what the user chose dropped, fields the method's arguments determine recorded, so that the run's
+        ``config.yaml`` says what the method really builds (``given``: the fields the user set; ``user_args``: the
+        method arguments the user set; a contradiction between the user's own choices is a ValueError).  Called
+        by :func:`apply_method_defaults`; the default changes nothing."""
         return data
 
     def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device) -> None:
@@ -139,10 +141,11 @@ def apply_method_defaults(data: dict[str, Any], given: set[str]) -> dict[str, An
     except UnknownName:
         return data
     out = {**data, **{k: v for k, v in cls.config_defaults.items() if k not in given and k != "method_args"}}
+    user_args = dict(data.get("method_args") or {})
     recipe = cls.config_defaults.get("method_args")
     if recipe:
-        out["method_args"] = {**recipe, **dict(data.get("method_args") or {})}
-    return cls.resolve_config(out, given)
+        out["method_args"] = {**recipe, **user_args}
+    return cls.resolve_config(out, given, user_args)
 
 
 def parse_method_args(cls: type[Method], values: dict[str, Any]) -> Any:

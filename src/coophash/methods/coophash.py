@@ -238,11 +238,19 @@ class CoopHash(Method):
     }
 
     @classmethod
-    def resolve_config(cls, data: dict[str, Any], given: set[str]) -> dict[str, Any]:
-        """The trunk the descriptor builds, recorded: ``smallconv`` has batch norm, so with ``coop_trunk_norm`` none
-        or group the trunk is ``smallconv-nobn`` (a user's explicit ``smallconv`` with those is a contradiction)."""
-        trunk_norm = dict(data.get("method_args") or {}).get("coop_trunk_norm", CoopHashArgs.coop_trunk_norm)
-        if data.get("backbone") != "smallconv" or trunk_norm == "batch":
+    def resolve_config(cls, data: dict[str, Any], given: set[str], user_args: dict[str, Any]) -> dict[str, Any]:
+        """The recipe on a trunk without batch norm, and the trunk recorded.  With ``coop_trunk_norm`` none or group
+        the recipe's batch-norm mode for generated images (``coop_gen_bn: separate``) does not apply unless the user
+        asked for it (then the arguments' check reports the contradiction), and the trunk is ``smallconv-nobn``
+        (``smallconv`` has batch norm: a user's explicit ``smallconv`` with those is a contradiction)."""
+        args = dict(data.get("method_args") or {})
+        trunk_norm = args.get("coop_trunk_norm", CoopHashArgs.coop_trunk_norm)
+        if trunk_norm == "batch":
+            return data
+        if "coop_gen_bn" not in user_args and args.get("coop_gen_bn", CoopHashArgs.coop_gen_bn) != "running":
+            args["coop_gen_bn"] = "running"  # the only mode of a trunk without batch-norm statistics
+            data = {**data, "method_args": args}
+        if data.get("backbone") != "smallconv":
             return data
         if "backbone" in given:
             raise ValueError(f"backbone 'smallconv' has batch norm but coop_trunk_norm is {trunk_norm!r}: use backbone "
