@@ -5,6 +5,8 @@
 * the independent judge (a ``classifier`` trained 3 epochs on every real training image of the run's split,
   never on generated ones; ``RUN_DIR/judge``) reports how often it recognises the requested class in generated
   and revised positives / negatives (20 per class, seeded);
+* the diversity of generated and revised positives of one class against real training images of that class
+  (mean distance between two images of a class, generated / real, averaged over classes: 0 = the latent ignored);
 * the sample grid of generated and revised pairs per class (``coophash sample``'s layout);
 * OOD detection by the energy ``-f(x)``: AUROC of the run's query images (in distribution) against 500
   scikit-learn digits resized to the run's image size (foreign digits), by the suite's rank formula.
@@ -22,7 +24,7 @@ import torch
 from coophash.api import load_run
 from coophash.data import load_dataset
 from coophash.data.protocols import Manifest
-from coophash.methods.coophash_sample import judge_accuracy, write_sample
+from coophash.methods.coophash_sample import judge_accuracy, sample_diversity, write_sample
 from coophash.pipeline.judge import judge_config, train_judge
 from coophash.suite.evals import auroc
 
@@ -45,11 +47,14 @@ def main() -> None:
     result: dict = {"run": str(run)}
     judge = train_judge(judge_config(cfg, epochs=3, seed=0), run / "judge")
     result["judge"] = judge_accuracy(judge, method, n_per_class=20, seed=0)
+    ds = load_dataset(cfg.dataset)
+    manifest = Manifest.load(run / "manifest.json")
+    train_idx = np.asarray(manifest.train)
+    result["diversity"] = sample_diversity(method, ds.images(train_idx), ds.labels[torch.as_tensor(train_idx)],
+                                           n_per_class=20, seed=0)
     if args.grid:
         png, _ = write_sample(method, Path(args.grid), per_class=4, seed=0)
         result["grid"] = str(png)
-    ds = load_dataset(cfg.dataset)
-    manifest = Manifest.load(run / "manifest.json")
     channels, size = ds.image_shape[0], ds.image_shape[-1]
     digits = load_dataset("digits", image_size=size, channels=channels)
     pick = np.random.default_rng(0).choice(len(digits.labels), size=500, replace=False)

@@ -572,3 +572,46 @@ def test_tied_ood_score_is_minus_logsumexp():
     x = torch.rand(4, 1, 8, 8) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(m.ood_score(x), -torch.logsumexp(m.desc(x).logits, dim=1))
+
+
+def test_class_spread_is_the_mean_pairwise_distance_within_a_class():
+    import itertools
+
+    from coophash.methods.coophash_sample import class_spread
+
+    torch.manual_seed(0)
+    x = torch.randn(9, 1, 3, 3)
+    y = torch.zeros(9, 3)
+    y[:4, 0] = 1
+    y[4:8, 1] = 1
+    y[8, 2] = 1  # one image: no pair, no spread
+    y[0, 1] = 1  # multi-hot: image 0 counts for classes 0 and 1
+
+    def reference(c: int) -> float:
+        rows = [x[i].flatten() for i in range(9) if y[i, c] > 0]
+        dists = [float(torch.dist(a, b)) for a, b in itertools.combinations(rows, 2)]
+        return sum(dists) / len(dists)
+
+    got = class_spread(x, y)
+    assert sorted(got) == [0, 1]
+    for c in (0, 1):
+        assert got[c] == pytest.approx(reference(c), rel=1e-6)  # the reference sums float32 distances
+
+
+def test_sample_diversity_is_zero_when_the_generator_ignores_its_latent():
+    from coophash.methods.coophash_sample import sample_diversity
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(method="coophash", backbone="smallconv-nobn", bits=8, method_args={
+        "langevin_steps": 0, "coop_gen_width": 8, "coop_latent_dim": 4})
+    m = create_method(cfg, DataInfo(n_classes=3, channels=1, image_size=8, n_train=30), torch.device("cpu"))
+    real = torch.rand(12, 1, 8, 8) * 2 - 1
+    labels = torch.eye(3).repeat_interleave(4, dim=0)
+    div = sample_diversity(m, real, labels, n_per_class=5, seed=0)
+    assert set(div) == {"diversity_gen_pos", "diversity_rev_pos"} and div["diversity_gen_pos"] > 0
+    assert div == sample_diversity(m, real, labels, n_per_class=5, seed=0)  # seeded
+    forward = m.gen.forward
+    m.gen.forward = lambda z, y: forward(torch.zeros_like(z), y)  # one image per class whatever z
+    div = sample_diversity(m, real, labels, n_per_class=5, seed=0)
+    assert div["diversity_gen_pos"] == pytest.approx(0.0, abs=1e-6)
+    assert div["diversity_rev_pos"] == pytest.approx(0.0, abs=1e-6)  # no revision steps: the same images

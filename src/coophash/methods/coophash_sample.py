@@ -24,7 +24,8 @@ from torch import Tensor
 from coophash.methods.classifier import Classifier
 from coophash.methods.langevin import langevin_revise
 
-__all__ = ["sample_pairs", "sample_grid", "save_grid_png", "write_sample", "judge_accuracy", "seeded_rng"]
+__all__ = ["sample_pairs", "sample_grid", "save_grid_png", "write_sample", "judge_accuracy", "seeded_rng",
+           "class_spread", "sample_diversity"]
 
 
 @contextlib.contextmanager
@@ -121,4 +122,38 @@ def judge_accuracy(judge: Classifier, method: Any, n_per_class: int = 20, seed: 
     for key, lab in (("gen_pos", "y_pos"), ("rev_pos", "y_pos"), ("gen_neg", "y_neg"), ("rev_neg", "y_neg")):
         pred = judge.predict(s[key].to(judge.device)).cpu()
         out[f"judge_acc_{key}"] = float((pred == s[lab].cpu().argmax(dim=1)).float().mean())
+    return out
+
+
+def class_spread(images: Tensor, labels: Tensor) -> dict[int, float]:
+    """Per class index c: the mean Euclidean distance between two different images of class c,
+    ``2 / (n (n − 1)) Σ_{i<j} ||x_i − x_j||`` over the n ≥ 2 images whose (one-hot or multi-hot) label row has c."""
+    x = images.flatten(1).double()
+    out: dict[int, float] = {}
+    for c in range(labels.shape[1]):
+        rows = x[labels[:, c] > 0]
+        n = rows.shape[0]
+        if n < 2:
+            continue
+        d = torch.cdist(rows, rows)
+        out[c] = float(d.sum() / (n * (n - 1)))
+    return out
+
+
+def sample_diversity(method: Any, real_images: Tensor, real_labels: Tensor, n_per_class: int = 20,
+                     seed: int = 0) -> dict[str, float]:
+    """How varied the generator's images of one class are, against real images of that class: the mean over
+    classes of :func:`class_spread` of generated (``gen``) and revised (``rev``) positives, ``n_per_class`` latents
+    each, divided by the real images' spread of the same class (1: as varied as the data; 0: one image per class,
+    the latent ignored).  Samples as :func:`judge_accuracy` does (same seed, same images)."""
+    c = method.info.n_classes
+    y = torch.eye(c, device=method.device).repeat_interleave(n_per_class, dim=0)
+    with torch.enable_grad(), seeded_rng(seed):
+        s = sample_pairs(method, y)
+    real = class_spread(real_images.float().cpu(), real_labels.float().cpu())
+    out = {}
+    for key in ("gen_pos", "rev_pos"):
+        spread = class_spread(s[key].detach().float().cpu(), s["y_pos"].cpu())
+        ratios = [spread[k] / real[k] for k in spread if k in real and real[k] > 0]
+        out[f"diversity_{key}"] = float(np.mean(ratios)) if ratios else float("nan")
     return out
