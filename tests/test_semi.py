@@ -355,6 +355,19 @@ def test_coophash_batch_norm_trunk_keeps_generated_images_out_of_the_statistics(
         create_method(cfg.replace(backbone="smallconv-nobn"), DataInfo(4, 1, 8, 64), torch.device("cpu"))
 
 
+def _batch_norm_coophash(gen_bn: str):
+    """(config, CoopHash on the batch-norm trunk in training mode, a batch, running means before any step)."""
+    from coophash.nets.norm import batch_norm_layers
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(method="coophash", backbone="smallconv", bits=16, unlabeled_batch_size=8, method_args={
+        "coop_trunk_norm": "batch", "coop_gen_bn": gen_bn, "coop_warmup_epochs": 0.0, "coop_ramp_epochs": 0.0,
+        "coop_pairs": 4, "langevin_steps": 2, "coop_gen_width": 8, "coop_latent_dim": 8})
+    m = create_method(cfg, DataInfo(n_classes=4, channels=1, image_size=8, n_train=64), torch.device("cpu"))
+    m.train(True)
+    return cfg, m, _ctx(), [b.running_mean.clone() for b in batch_norm_layers(m.desc)]
+
+
 def test_coophash_separate_batch_norm_pass_for_generated_images():
     """coop_gen_bn=separate: chains and revised samples normalise by their own batch, never touch the running
     statistics, and the real rows' outputs are those of a pass over the real rows alone."""
@@ -362,14 +375,7 @@ def test_coophash_separate_batch_norm_pass_for_generated_images():
 
     from coophash.nets.norm import batch_norm_layers
 
-    torch.manual_seed(0)
-    cfg = TrainConfig(method="coophash", backbone="smallconv", bits=16, unlabeled_batch_size=8, method_args={
-        "coop_trunk_norm": "batch", "coop_gen_bn": "separate", "coop_warmup_epochs": 0.0, "coop_ramp_epochs": 0.0,
-        "coop_pairs": 4, "langevin_steps": 2, "coop_gen_width": 8, "coop_latent_dim": 8})
-    m = create_method(cfg, DataInfo(n_classes=4, channels=1, image_size=8, n_train=64), torch.device("cpu"))
-    m.train(True)
-    ctx = _ctx()
-    stats = [b.running_mean.clone() for b in batch_norm_layers(m.desc)]
+    cfg, m, ctx, stats = _batch_norm_coophash("separate")
     m.phases()[0].fn(ctx)  # revision on the chains' own batch statistics: running statistics untouched
     assert all(torch.equal(a, b.running_mean) for a, b in zip(stats, batch_norm_layers(m.desc)))
     x_gen = ctx["coop"]["x_tilde"]
@@ -436,14 +442,7 @@ def test_coophash_reference_batch_norm_for_generated_images():
     updated by real rows only."""
     from coophash.nets.norm import batch_norm_layers
 
-    torch.manual_seed(0)
-    cfg = TrainConfig(method="coophash", backbone="smallconv", bits=16, unlabeled_batch_size=8, method_args={
-        "coop_trunk_norm": "batch", "coop_gen_bn": "reference", "coop_warmup_epochs": 0.0, "coop_ramp_epochs": 0.0,
-        "coop_pairs": 4, "langevin_steps": 2, "coop_gen_width": 8, "coop_latent_dim": 8})
-    m = create_method(cfg, DataInfo(n_classes=4, channels=1, image_size=8, n_train=64), torch.device("cpu"))
-    m.train(True)
-    ctx = _ctx()
-    stats = [b.running_mean.clone() for b in batch_norm_layers(m.desc)]
+    cfg, m, ctx, stats = _batch_norm_coophash("reference")
     ref_stats = m._reference_of(ctx)
     assert len(ref_stats) == len(stats) and all(b.training for b in batch_norm_layers(m.desc))
     m.phases()[0].fn(ctx)  # revision on the real batch's statistics: running statistics untouched
