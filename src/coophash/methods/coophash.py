@@ -87,9 +87,9 @@ from coophash.nets.descriptor import (
 )
 from coophash.nets.ema import WeightEMA
 from coophash.nets.norm import (
-    batch_norm_layers,
     capture_batch_statistics,
     frozen_norm_statistics,
+    own_batch_statistics,
     reference_statistics,
     running_statistics,
 )
@@ -469,16 +469,8 @@ class CoopHash(Method):
         rows, as the descriptor step sees them), from a pass that leaves the running statistics alone; else None."""
         if self.args.coop_gen_bn != "reference":
             return None
-        layers = batch_norm_layers(self.desc.trunk)
-        modes = [m.training for m in layers]
-        try:
-            for m in layers:
-                m.train(True)
-            with frozen_norm_statistics(self.desc), capture_batch_statistics(self.desc.trunk) as stats:
-                self.desc.trunk(ctx["x_all"])
-        finally:
-            for m, mode in zip(layers, modes):
-                m.train(mode)
+        with own_batch_statistics(self.desc.trunk), capture_batch_statistics(self.desc.trunk) as stats:
+            self.desc.trunk(ctx["x_all"])
         return stats
 
     @contextlib.contextmanager
@@ -491,23 +483,13 @@ class CoopHash(Method):
         the running ones."""
         mode = self.args.coop_gen_bn
         if mode == "reference" and reference is not None:
-            with reference_statistics(self.desc.trunk, reference):
-                yield
-            return
-        if mode != "separate":
-            with running_statistics(self.desc):
-                yield
-            return
-        layers = batch_norm_layers(self.desc)
-        modes = [m.training for m in layers]
-        try:
-            for m in layers:
-                m.train(True)
-            with frozen_norm_statistics(self.desc):
-                yield
-        finally:
-            for m, mode_ in zip(layers, modes):
-                m.train(mode_)
+            context = reference_statistics(self.desc.trunk, reference)
+        elif mode == "separate":
+            context = own_batch_statistics(self.desc)
+        else:
+            context = running_statistics(self.desc)
+        with context:
+            yield
 
     def _descriptor_step(self, ctx: dict[str, Any]) -> LossOutput:
         """One forward pass of the descriptor on [real; revised; chains] images (one more on strong views of

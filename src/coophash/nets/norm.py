@@ -9,8 +9,8 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-__all__ = ["batch_norm_layers", "capture_batch_statistics", "frozen_norm_statistics", "reference_statistics",
-           "running_statistics"]
+__all__ = ["batch_norm_layers", "capture_batch_statistics", "frozen_norm_statistics", "own_batch_statistics",
+           "reference_statistics", "running_statistics"]
 
 
 def batch_norm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -53,6 +53,23 @@ def frozen_norm_statistics(net: nn.Module) -> Iterator[None]:
     finally:
         for m in layers:
             m.track_running_stats = True
+
+
+@contextlib.contextmanager
+def own_batch_statistics(module: nn.Module) -> Iterator[None]:
+    """Inside, every batch-norm layer of ``module`` is in training mode, whatever its mode outside: it normalises by
+    the statistics of the batch it sees and leaves the running ones alone (:func:`frozen_norm_statistics`).  Each
+    layer's mode is restored afterwards."""
+    layers = batch_norm_layers(module)
+    modes = [m.training for m in layers]
+    try:
+        for m in layers:
+            m.train(True)
+        with frozen_norm_statistics(module):
+            yield
+    finally:
+        for m, mode in zip(layers, modes):
+            m.train(mode)
 
 
 @contextlib.contextmanager
