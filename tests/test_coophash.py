@@ -138,7 +138,8 @@ def test_multi_label_negatives_share_no_label():
 TERMS = ["descriptor/hash", "descriptor/cls", "descriptor/quant", "descriptor/ebm", "descriptor/stabiliser",
          "descriptor/triplet", "descriptor/gen_hash", "generator/rec", "generator/kl", "generator/rec_known",
          "generator/real_rec", "generator/real_kl", "revise/diag_displacement",
-         "descriptor/diag_energy_gap", "descriptor/diag_gen_cls_acc", "generator/diag_mse"]
+         "descriptor/diag_energy_gap", "descriptor/diag_gen_cls_acc", "generator/diag_mse",
+         "generator/mode_seeking", "generator/diag_mode_ratio", "generator/gen_class"]
 
 
 def coop_cfg(tmp_path, **method_args):
@@ -155,7 +156,8 @@ def coop_cfg(tmp_path, **method_args):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("coop")
-    cfg = coop_cfg(root, coop_second_positive=True, coop_gen_target="both", coop_gen_real_weight=0.5)
+    cfg = coop_cfg(root, coop_second_positive=True, coop_gen_target="both", coop_gen_real_weight=0.5,
+                   coop_gen_diversity=0.5, coop_gen_class_weight=0.5)
     ds, mf = prepare_data(cfg)
     run = root / "00000-coophash"
     res = Trainer(cfg, run, ds, mf).fit()
@@ -490,11 +492,34 @@ def test_replay_buffer_fills_then_draws_distinct_slots():
     assert abs(share - 0.3) < 0.03
 
 
+def test_generator_terms_by_hand():
+    """gen_class is the class loss of the descriptor's head on G(z, y); mode_seeking compares G(z, y) with G(z', y)."""
+    info = DataInfo(n_classes=4, channels=1, image_size=8, n_train=100)
+    cfg = TrainConfig(method="coophash", bits=8, method_args={"coop_gen_class_weight": 0.7, "coop_gen_diversity": 0.2,
+                                                              "coop_gen_target": "known", "coop_latent_dim": 6})
+    m = create_method(cfg, info, torch.device("cpu"))
+    torch.manual_seed(0)
+    z, y = torch.randn(6, 6), torch.eye(4)[torch.tensor([0, 1, 2, 3, 0, 1])]
+    coop = {"z": z, "y": y, "n": 3, "x_tilde": torch.rand(6, 1, 8, 8) * 2 - 1}
+    torch.manual_seed(1)
+    terms = m._generator_step({"coop": coop}).terms
+    with torch.no_grad():
+        x = m.gen(z, y)
+        want = 0.7 * torch.nn.functional.cross_entropy(m.desc(x).logits, y.argmax(1))
+        torch.manual_seed(1)
+        z2 = torch.randn(3, 6)
+        ratio = ((x[:3] - m.gen(z2, y[:3])).abs().flatten(1).mean(1) / (z[:3] - z2).abs().mean(1))
+    torch.testing.assert_close(terms["gen_class"], want)
+    torch.testing.assert_close(terms["mode_seeking"], 0.2 * (1 / (ratio + 1e-5)).mean())
+    assert set(terms) >= {"rec_known", "gen_class", "mode_seeking", "diag_mode_ratio"}
+
+
 def test_new_options_are_validated():
     info = DataInfo(n_classes=10, channels=1, image_size=8, n_train=100)
     for name, bad in [("coop_density", "joint"), ("coop_contrast", "hinge"), ("coop_chain_init", "data"),
                       ("coop_gate", "judge"), ("coop_buffer_reinit", 1.5), ("coop_pseudo_threshold", -0.1),
-                      ("coop_data_noise", -1.0), ("coop_buffer_size", -1)]:
+                      ("coop_data_noise", -1.0), ("coop_buffer_size", -1),
+                      ("coop_gen_diversity", -0.5), ("coop_gen_class_weight", -1.0)]:
         with pytest.raises(ValueError, match=name):
             create_method(TrainConfig(method="coophash", method_args={name: bad}), info, torch.device("cpu"))
     m = create_method(TrainConfig(method="coophash"), info, torch.device("cpu"))

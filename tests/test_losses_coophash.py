@@ -19,6 +19,7 @@ from coophash.losses.coophash import (
     gaussian_kl,
     gaussian_reconstruction,
     known_latent_terms,
+    mode_seeking_term,
 )
 from coophash.nets.descriptor import DescriptorOutput
 
@@ -83,6 +84,28 @@ def test_reconstruction_sends_no_gradient_into_the_target() -> None:
     x_rec = torch.ones(2, 3, requires_grad=True)
     gaussian_reconstruction(x, x_rec, 1.0)[0].backward()
     assert x.grad is None and x_rec.grad is not None
+
+
+def test_mode_seeking_term_matches_loop() -> None:
+    gen = torch.Generator().manual_seed(2)
+    x1 = torch.rand(3, 1, 2, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    x2 = torch.rand(3, 1, 2, 2, generator=gen, dtype=torch.float64)
+    z1 = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    z2 = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    ratios = []
+    for a, b, u, v in zip(x1.detach().tolist(), x2.tolist(), z1.tolist(), z2.tolist()):
+        pa, pb = [p for row in a[0] for p in row], [p for row in b[0] for p in row]
+        d_img = sum(abs(p - q) for p, q in zip(pa, pb)) / len(pa)
+        d_lat = sum(abs(p - q) for p, q in zip(u, v)) / len(u)
+        ratios.append(d_img / d_lat)
+    loss, ratio = mode_seeking_term(x1, x2, z1, z2, 0.5, eps=1e-3)
+    assert close(loss, 0.5 * mean([1 / (r + 1e-3) for r in ratios])) and close(ratio, mean(ratios))
+    assert not ratio.requires_grad
+    loss.backward()  # lowering it moves the images of one label apart
+    step = x1.detach() - 1e-3 * x1.grad
+    assert mode_seeking_term(step, x2, z1, z2, 0.5, eps=1e-3)[0] < loss
+    same = mode_seeking_term(x2, x2.clone(), z1, z2, 1.0, eps=1e-3)[0]  # one prototype per label: 1/eps
+    assert close(same, 1e3)
 
 
 def test_confidence_gate() -> None:

@@ -32,7 +32,10 @@ gain pairs with the pseudo-labeled views).  ``diag_pseudo_rate`` is the fraction
 
 Generator (logged as ``generator/<name>``): the ELBO of ``x̃`` with ``z = μ + σ·ε`` from ``q(z|x̃)``,
 ``rec = mean_i ‖x̃_i − G(z_i, y_i)‖²/(2σ_g²)`` and ``kl = β·mean_i KL(N(μ_i, σ_i²) ‖ N(0, I))``, or (CoopNets)
-``rec_known``, the same reconstruction from the z that generated ``x̃``.
+``rec_known``, the same reconstruction from the z that generated ``x̃``; optionally ``mode_seeking`` (Mao et al.
+2019, MSGAN), ``w·mean_i 1/(r_i + ε)`` with ``r_i = mean|G(z_i, y_i) − G(z'_i, y_i)| / mean|z_i − z'_i|``: two
+latents of one label must give images as far apart as the latents are, against a generator that draws one
+prototype per class.
 
 Names starting with ``diag_`` are diagnostics, never part of a total (:func:`coophash.losses.base.sum_terms`).
 """
@@ -67,6 +70,7 @@ __all__ = [
     "gaussian_kl",
     "elbo_terms",
     "known_latent_terms",
+    "mode_seeking_term",
 ]
 
 #: A supervised hashing loss: ``(HashOutput, labels, labeled) -> LossOutput`` (a :class:`HashLoss`).
@@ -137,6 +141,17 @@ def known_latent_terms(x: Tensor, x_rec: Tensor, sigma_g: float) -> dict[str, Te
     """CoopNets' generator target: ``rec_known``, the reconstruction of ``x̃`` from the z that generated it."""
     rec, mse = gaussian_reconstruction(x, x_rec, sigma_g)
     return {"rec_known": rec, "diag_known_mse": mse}
+
+
+def mode_seeking_term(x1: Tensor, x2: Tensor, z1: Tensor, z2: Tensor, weight: float,
+                      eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """MSGAN's mode-seeking term, ``weight·mean_i 1/(r_i + eps)`` with ``r_i = mean|x1_i − x2_i| / mean|z1_i −
+    z2_i|`` (means over pixels and latent dimensions; ``x1_i, x2_i`` generated with one label from ``z1_i, z2_i``),
+    and the mean ratio (detached, a diagnostic).  Lowering it spreads the images of one label apart."""
+    d_img = (x1 - x2).abs().flatten(1).mean(dim=1)
+    d_lat = (z1 - z2).abs().flatten(1).mean(dim=1).detach()
+    ratio = d_img / d_lat
+    return weight * (1.0 / (ratio + eps)).mean(), ratio.mean().detach()
 
 
 # -- the descriptor objective -------------------------------------------------------------------------

@@ -36,6 +36,10 @@ Options (all off by default, which is the behaviour above):
 * ``coop_gate``: what gates the generated pairs at ``coop_gate_confidence``: ``head`` (the descriptor's own
   category head, which the label-aware revision wrote to), ``ema`` (an EMA copy of trunk + category head,
   checkpointed, evaluated on a strong view of the revised samples) or ``none``.
+* ``coop_gen_diversity``: the generator's mode-seeking term (MSGAN) on the positives, ``G(z, y)`` against
+  ``G(z', y)`` with a fresh latent (against one prototype per class).
+* ``coop_gen_class_weight``: a class loss on ``G(z, y)`` through the descriptor's category head, frozen in the
+  generator phase (AC-GAN's auxiliary classifier): the generator is asked for images the head reads as ``y``.
 
 Terms whose name starts with ``diag_`` are diagnostics (not part of the total): energy gap, revision
 displacement, the category head's accuracy on generated samples against their conditioning labels, the
@@ -62,6 +66,7 @@ from torch import Tensor, nn
 from coophash.config import TrainConfig
 from coophash.losses import create_loss
 from coophash.losses.base import LossOutput, sum_terms
+from coophash.losses.classification import class_loss
 from coophash.data.augment import strong_augment
 from coophash.losses.coophash import (
     CONTRASTS,
@@ -71,6 +76,7 @@ from coophash.losses.coophash import (
     descriptor_objective,
     elbo_terms,
     known_latent_terms,
+    mode_seeking_term,
 )
 from coophash.losses.distributed import global_batch_loss, rank_share
 from coophash.methods.base import DataInfo, Method, register_method
@@ -154,6 +160,8 @@ class CoopHashArgs:
     coop_gen_lr: float = field(default=3e-4, metadata=_h("learning rate of the generator and latent head (Adam)"))
     coop_desc_lr: float = field(default=0.0, metadata=_h("learning rate of the descriptor (0 = --lr)"))
     coop_gen_target: str = field(default="elbo", metadata=_h("generator target: elbo (ELBO with q(z|x~)), known (CoopNets: regress x~ on the z that made it) or both"))
+    coop_gen_diversity: float = field(default=0.0, metadata=_h("weight of the generator's mode-seeking term (MSGAN): two latents of one label must give different images (0 = off)"))
+    coop_gen_class_weight: float = field(default=0.0, metadata=_h("weight of a class loss on G(z, y) through the descriptor's (frozen) category head, as AC-GAN's auxiliary classifier: the generator is asked for images the head recognises as y (0 = off)"))
     coop_gen_real_weight: float = field(default=0.0, metadata=_h("weight of an ELBO term on real labeled images (conditional VAE warm start)"))
     # schedule / recipe
     coop_warmup_epochs: float = field(default=1.0, metadata=_h("epochs of supervised-only training before cooperation starts"))
@@ -202,8 +210,9 @@ class CoopHashArgs:
         for name in ("coop_buffer_reinit", "coop_pseudo_threshold", "coop_ema_decay"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.coop_data_noise < 0:
-            raise ValueError(f"coop_data_noise must be >= 0, got {self.coop_data_noise}")
+        for name in ("coop_data_noise", "coop_gen_diversity", "coop_gen_class_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.coop_gen_bn != "running" and self.coop_trunk_norm != "batch":
             raise ValueError(f"coop_gen_bn={self.coop_gen_bn!r} needs coop_trunk_norm=batch (a trunk without batch "
                              f"norm has no statistics to keep apart), got coop_trunk_norm={self.coop_trunk_norm!r}")
@@ -585,9 +594,16 @@ class CoopHash(Method):
         terms: dict[str, Tensor] = {}
         if a.coop_gen_target in ("elbo", "both"):
             terms.update(self._elbo(x_t, y, feats, ""))
-        if a.coop_gen_target in ("known", "both"):
-            x_rec = self.gen(coop["z"], y.to(coop["z"].dtype))
-            terms.update(known_latent_terms(x_t, x_rec, a.coop_sigma_g))
+        known = a.coop_gen_target in ("known", "both")
+        x_gen = self.gen(coop["z"], y.to(coop["z"].dtype)) if known or a.coop_gen_class_weight > 0 else None
+        if known:
+            terms.update(known_latent_terms(x_t, x_gen, a.coop_sigma_g))
+        if a.coop_gen_diversity > 0:
+            terms.update(self._mode_seeking(coop, x_gen))
+        if a.coop_gen_class_weight > 0:
+            with self.generated_statistics():  # the descriptor is frozen in this phase: only G learns
+                logits = self.desc.category_head(self.desc.trunk(x_gen))
+            terms["gen_class"] = a.coop_gen_class_weight * class_loss(logits.float(), y.float(), self.info.multi_label)
         if a.coop_gen_real_weight > 0:
             with torch.no_grad(), running_statistics(self.desc):
                 f_real = self.desc.trunk(ctx["x"])
@@ -596,6 +612,16 @@ class CoopHash(Method):
             terms["real_kl"] = a.coop_gen_real_weight * real["real_kl"]
             terms["diag_real_mse"] = real["diag_real_mse"]
         return LossOutput(total=sum_terms(terms), terms=terms)
+
+    def _mode_seeking(self, coop: dict[str, Any], x_gen: Optional[Tensor]) -> dict[str, Tensor]:
+        """The mode-seeking term on the positives: ``G(z, y⁺)`` (the first rows of ``x_gen`` when given) against
+        ``G(z', y⁺)`` with a fresh latent."""
+        n = coop["n"]
+        z1, y = coop["z"][:n], coop["y"][:n].to(coop["z"].dtype)
+        z2 = self.gen.sample_latent(n, device=z1.device)
+        x1 = self.gen(z1, y) if x_gen is None else x_gen[:n]
+        loss, ratio = mode_seeking_term(x1, self.gen(z2, y), z1, z2, self.args.coop_gen_diversity)
+        return {"mode_seeking": loss, "diag_mode_ratio": ratio}
 
     def _elbo(self, x: Tensor, y: Tensor, feats: Tensor, prefix: str) -> dict[str, Tensor]:
         """ELBO terms of ``x``: z drawn from q(z|x) by reparameterisation, reconstructed by the generator."""
