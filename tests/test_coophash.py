@@ -514,6 +514,31 @@ def test_generator_terms_by_hand():
     assert set(terms) >= {"rec_known", "gen_class", "mode_seeking", "diag_mode_ratio"}
 
 
+def test_generator_class_term_reads_the_batch_norm_head_as_at_test_time():
+    info = DataInfo(n_classes=4, channels=1, image_size=8, n_train=100)
+    cfg = TrainConfig(method="coophash", bits=8, backbone="smallconv", method_args={
+        "coop_gen_class_weight": 1.0, "coop_gen_target": "known", "coop_latent_dim": 6, "coop_trunk_norm": "batch",
+        "coop_gen_bn": "separate"})
+    m = create_method(cfg, info, torch.device("cpu"))
+    m.desc.train()
+    bn = [b for b in m.desc.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    for b in bn:  # running statistics unlike any batch's
+        b.running_mean.uniform_(-0.5, 0.5)
+        b.running_var.uniform_(0.5, 2.0)
+    before = [b.running_mean.clone() for b in bn]
+    torch.manual_seed(0)
+    z, y = torch.randn(4, 6), torch.eye(4)
+    terms = m._generator_step({"coop": {"z": z, "y": y, "n": 2, "x_tilde": torch.zeros(4, 1, 8, 8)}}).terms
+    assert all(torch.equal(a, b.running_mean) for a, b in zip(before, bn)) and m.desc.training
+    with torch.no_grad():
+        m.desc.eval()
+        want = torch.nn.functional.cross_entropy(m.desc(m.gen(z, y)).logits, y.argmax(1))
+        m.desc.train()
+        on_batch = torch.nn.functional.cross_entropy(m.desc(m.gen(z, y)).logits, y.argmax(1))
+    torch.testing.assert_close(terms["gen_class"], want)
+    assert not torch.allclose(terms["gen_class"], on_batch)
+
+
 def test_new_options_are_validated():
     info = DataInfo(n_classes=10, channels=1, image_size=8, n_train=100)
     for name, bad in [("coop_density", "joint"), ("coop_contrast", "hinge"), ("coop_chain_init", "data"),

@@ -39,7 +39,8 @@ Options (all off by default, which is the behaviour above):
 * ``coop_gen_diversity``: the generator's mode-seeking term (MSGAN) on the positives, ``G(z, y)`` against
   ``G(z', y)`` with a fresh latent (against one prototype per class).
 * ``coop_gen_class_weight``: a class loss on ``G(z, y)`` through the descriptor's category head, frozen in the
-  generator phase (AC-GAN's auxiliary classifier): the generator is asked for images the head reads as ``y``.
+  generator phase and on running batch-norm statistics (AC-GAN's auxiliary classifier): the generator is asked for
+  images the head reads as ``y`` the way it reads test images.
 
 Terms whose name starts with ``diag_`` are diagnostics (not part of the total): energy gap, revision
 displacement, the category head's accuracy on generated samples against their conditioning labels, the
@@ -601,7 +602,9 @@ class CoopHash(Method):
         if a.coop_gen_diversity > 0:
             terms.update(self._mode_seeking(coop, x_gen))
         if a.coop_gen_class_weight > 0:
-            with self.generated_statistics():  # the descriptor is frozen in this phase: only G learns
+            # the head as it reads test images (batch norm on its running statistics, not on the batch of
+            # generated images, which would standardise away a batch-wide failure); frozen here: only G learns
+            with running_statistics(self.desc):
                 logits = self.desc.category_head(self.desc.trunk(x_gen))
             terms["gen_class"] = a.coop_gen_class_weight * class_loss(logits.float(), y.float(), self.info.multi_label)
         if a.coop_gen_real_weight > 0:
