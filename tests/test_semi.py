@@ -205,7 +205,7 @@ def test_cli_and_api_apply_the_method_defaults(tmp_path):
     import yaml
 
     suite_entry = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "scarce.yaml").read_text())
-    entry = next(m for m in suite_entry["methods"] if m["name"] == "coop-recipe")
+    entry = next(m for m in suite_entry["methods"] if m["name"] == "coop-recipe-ms1")
     assert entry["method_args"] == recipe and entry["backbone"] == "smallconv"  # the benchmarked recipe
     assert entry["unlabeled_batch_size"] == 64 and "epochs" not in entry
 

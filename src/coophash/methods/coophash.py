@@ -234,9 +234,10 @@ class CoopHash(Method):
     uses_unlabeled = True
     Args = CoopHashArgs
     # The validated recipe (docs/coophash.md, "Scarce labels"; best validation mAP at 2% labels among the variants
-    # of benchmarks/scarce.yaml, entry coop-recipe): the baselines' batch-norm trunk with generated images and chains
-    # in a batch-norm pass of their own, unlabeled images for the density and pseudo-labels, pseudo-labels into the
-    # hash and class losses, an EMA that encodes, revision and the generator step every other step.
+    # of benchmarks/scarce.yaml, entry coop-recipe-ms1): the baselines' batch-norm trunk with generated images and
+    # chains in a batch-norm pass of their own, unlabeled images for the density and pseudo-labels, pseudo-labels into
+    # the hash and class losses, an EMA that encodes, revision and the generator step every other step, and the
+    # generator's mode-seeking term (weight 1).
     config_defaults: ClassVar[dict[str, Any]] = {
         "backbone": "smallconv",
         "unlabeled_batch_size": 64,
@@ -244,6 +245,7 @@ class CoopHash(Method):
             "coop_pseudo_weight": 1.0, "coop_pseudo_hash_weight": 1.0, "coop_gen_hash_weight": 1.0,
             "coop_gen_target": "known", "coop_gamma": 0.1, "coop_density_hidden": 128, "coop_density_grad_scale": 0.5,
             "coop_trunk_norm": "batch", "coop_gen_bn": "separate", "coop_ema_encode": 0.999, "coop_interval": 2,
+            "coop_gen_diversity": 1.0,
         },
     }
 
