@@ -4,7 +4,7 @@
 
 * the independent judge (a ``classifier`` trained 3 epochs on every real training image of the run's split,
   never on generated ones; ``RUN_DIR/judge``) reports how often it recognises the requested class in generated
-  and revised positives / negatives (20 per class, seeded);
+  and revised positives / negatives (20 per class, seeded), and on the run's real query images (its ceiling);
 * the diversity of generated and revised positives of one class against real training images of that class
   (mean distance between two images of a class, generated / real, averaged over classes: 0 = the latent ignored);
 * the sample grid of generated and revised pairs per class (``coophash sample``'s layout);
@@ -49,6 +49,10 @@ def main() -> None:
     result["judge"] = judge_accuracy(judge, method, n_per_class=20, seed=0)
     ds = load_dataset(cfg.dataset)
     manifest = Manifest.load(run / "manifest.json")
+    query = np.asarray(manifest.query)  # the judge's own accuracy on real images: the ceiling of the figures above
+    judge.train(False)
+    pred = torch.cat([judge.predict(ds.images(query[i:i + 256])).cpu() for i in range(0, len(query), 256)])
+    result["judge"]["judge_acc_real_query"] = float((pred == ds.labels[torch.as_tensor(query)].argmax(dim=1)).float().mean())
     train_idx = np.asarray(manifest.train)
     result["diversity"] = sample_diversity(method, ds.images(train_idx), ds.labels[torch.as_tensor(train_idx)],
                                            n_per_class=20, seed=0)
