@@ -4,7 +4,8 @@
 
 Each entry of the suite is built at 2% labels, seed 0, and stepped in short alternating bursts (round 0 warms
 up), so load from other jobs hits every entry alike; CoopHash's cooperative phases are forced on (past its
-warm-up). Prints a markdown table: median seconds per step, ratio to the first entry, seconds per epoch.
+warm-up; each burst is a multiple of every entry's ``coop_interval`` steps, so every burst holds the same share of
+cooperative steps). Prints a markdown table: median seconds per step, ratio to the first entry, seconds per epoch.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def main() -> None:
     ap.add_argument("--suite", default="benchmarks/scarce.yaml")
     ap.add_argument("--entries", default="dpsh,semi-dpsh,coop-bn")
     ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=4, help="steps per burst: a multiple of every entry's coop_interval")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     names = args.entries.split(",")
@@ -35,6 +36,11 @@ def main() -> None:
     missing = [n for n in names if n not in cfgs]
     if missing:
         raise SystemExit(f"no run at 2% labels, seed 0 for {missing} in {args.suite}")
+    for n, cfg in cfgs.items():  # every burst must hold the same share of the steps that run the cooperative phases
+        interval = int(cfg.method_args.get("coop_interval", 1)) if cfg.method == "coophash" else 1
+        if args.steps % interval:
+            raise SystemExit(f"--steps {args.steps} is not a multiple of {n}'s coop_interval {interval}: bursts "
+                             "would alternate between more and fewer cooperative steps")
     tmp = Path(tempfile.mkdtemp())
     trainers, sched, times = {}, {}, {n: [] for n in names}
     for n in names:
@@ -49,7 +55,8 @@ def main() -> None:
             lab, unl = sched[n]
             t = time.perf_counter()
             for s in range(args.steps):
-                tr._step(tr._batch(lab[step + s], unl[step + s]), 10**6 + step + s)
+                i = (step + s) % len(lab)  # past one epoch's schedule: its batches again
+                tr._step(tr._batch(lab[i], unl[i]), 10**6 + step + s)
             if r > 0:
                 times[n].append((time.perf_counter() - t) / args.steps)
         step += args.steps
