@@ -52,7 +52,8 @@ def main() -> None:
     query = np.asarray(manifest.query)  # the judge's own accuracy on real images: the ceiling of the figures above
     judge.train(False)
     pred = torch.cat([judge.predict(ds.images(query[i:i + 256])).cpu() for i in range(0, len(query), 256)])
-    result["judge"]["judge_acc_real_query"] = float((pred == ds.labels[torch.as_tensor(query)].argmax(dim=1)).float().mean())
+    truth = ds.labels[torch.as_tensor(query)].argmax(dim=1)
+    result["judge"]["judge_acc_real_query"] = float((pred == truth).float().mean())
     train_idx = np.asarray(manifest.train)
     result["diversity"] = sample_diversity(method, ds.images(train_idx), ds.labels[torch.as_tensor(train_idx)],
                                            n_per_class=20, seed=0)
