@@ -25,6 +25,7 @@ from coophash.api import load_run
 from coophash.data import load_dataset
 from coophash.data.protocols import Manifest
 from coophash.methods.coophash_sample import judge_accuracy, sample_diversity, write_sample
+from coophash.pipeline.gan_quality import judge_accuracy_on
 from coophash.pipeline.judge import judge_config, train_judge
 from coophash.suite.evals import auroc
 
@@ -50,10 +51,8 @@ def main() -> None:
     ds = load_dataset(cfg.dataset)
     manifest = Manifest.load(run / "manifest.json")
     query = np.asarray(manifest.query)  # the judge's own accuracy on real images: the ceiling of the figures above
-    judge.train(False)
-    pred = torch.cat([judge.predict(ds.images(query[i:i + 256])).cpu() for i in range(0, len(query), 256)])
-    truth = ds.labels[torch.as_tensor(query)].argmax(dim=1)
-    result["judge"]["judge_acc_real_query"] = float((pred == truth).float().mean())
+    result["judge"]["judge_acc_real_query"] = judge_accuracy_on(judge, ds.images(query),
+                                                                ds.labels[torch.as_tensor(query)])
     train_idx = np.asarray(manifest.train)
     result["diversity"] = sample_diversity(method, ds.images(train_idx), ds.labels[torch.as_tensor(train_idx)],
                                            n_per_class=20, seed=0)

@@ -42,6 +42,7 @@ __all__ = [
     "QUALITY_META_KEY",
     "format_quality",
     "gan_quality",
+    "judge_accuracy_on",
     "judge_outputs",
     "measure_fakes_quality",
     "read_quality",
@@ -113,7 +114,7 @@ def gan_quality(judge: Classifier, fakes_images: Tensor, real_images: Tensor, n_
 
 
 @torch.no_grad()
-def _accuracy(judge: Classifier, images: Tensor, labels: Tensor, batch_size: int = 256) -> Optional[float]:
+def judge_accuracy_on(judge: Classifier, images: Tensor, labels: Tensor, batch_size: int = 256) -> Optional[float]:
     """Share of images whose predicted class is one of their labels (multi-hot (N, n_classes)); None if none."""
     if int(images.shape[0]) == 0:
         return None
@@ -149,7 +150,7 @@ def measure_fakes_quality(gcfg: TrainConfig, gan_dir: str | Path, fakes_path: st
                     batch_size=trainer.cfg.eval_batch_size or 256)
     val = torch.as_tensor(mf.validation, dtype=torch.int64)
     q["judge"] = {"run_dir": str(jdir), "epochs": int(trainer.cfg.epochs), "backbone": trainer.cfg.backbone,
-                  "val_accuracy": _accuracy(judge, ds.pixels(mf.validation), ds.labels[val])}
+                  "val_accuracy": judge_accuracy_on(judge, ds.pixels(mf.validation), ds.labels[val])}
     update_fakes_meta(fakes_path, {QUALITY_META_KEY: q})
     atomic_write_bytes(gan_dir / QUALITY_FILE, (json.dumps(q, indent=1, sort_keys=True) + "\n").encode())
     log.info("GAN quality: %s", format_quality(q))
