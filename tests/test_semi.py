@@ -506,3 +506,21 @@ def test_train_help_names_the_recipe_value_beside_the_option_default():
     assert "[semi; default 0.0; the plain --method semi uses 0.999]" in text
     assert "--coop-pairs INTEGER labeled anchors per step that get a generated contrastive pair [coophash; default 16]" \
         in text
+
+
+def test_the_demo_compares_the_methods_a_user_gets_from_the_plain_commands():
+    """The main job's scarce-label part trains each method exactly as ``coophash train --method M --label-fraction
+    0.02`` would (the recipe), with the demo's budget, seed and folder."""
+    from coophash.cli.common import build_config
+    from coophash.demo import SCARCE_FRACTION, scarce_configs
+
+    base = TrainConfig(out="somewhere", epochs=3, seed=4)
+    got = scarce_configs(base)
+    assert [c.method for c in got] == ["supervised", "coophash"]
+    for c in got:
+        want = build_config(None, {"method": c.method, "label_fraction": SCARCE_FRACTION, "epochs": 3, "seed": 4,
+                                   "out": "somewhere"}, [])
+        assert c == want
+    assert got[1].method_args == METHODS["coophash"].config_defaults["method_args"]
+    assert got[1].unlabeled_batch_size == 64 and got[0].unlabeled_batch_size == 0
+    assert all(c.label_fraction == 0.02 for c in got)

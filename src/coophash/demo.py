@@ -12,13 +12,19 @@ from coophash.api import load_run
 from coophash.config import TrainConfig
 from coophash.index import HammingIndex
 from coophash.methods.lsh import RandomProjectionHash
+from coophash.methods.base import apply_method_defaults
 from coophash.metrics import evaluate
 from coophash.train import runs
 from coophash.train.encoding import encode_images, encode_indices
 from coophash.train.progress import ProgressFn
 from coophash.train.trainer import prepare_data
 
-__all__ = ["run_demo", "lsh_baseline"]
+__all__ = ["run_demo", "lsh_baseline", "scarce_configs"]
+
+# the scarce-label part of the main job: the label fraction and the methods side by side (docs/coophash.md: at 2%
+# labels CoopHash's default recipe leads the supervised baselines; DPSH is the best of them at 10 epochs there)
+SCARCE_FRACTION = 0.02
+SCARCE_METHODS = ("supervised", "coophash")
 
 
 def lsh_baseline(ds, manifest, bits: int = 32, seed: int = 0) -> dict:
@@ -37,14 +43,43 @@ def _fmt(res: dict) -> str:
     return "  ".join(f"{k}={res[k]:.4f}" for k in keys if k in res)
 
 
+def scarce_configs(base: TrainConfig, fraction: float = SCARCE_FRACTION) -> list[TrainConfig]:
+    """The configs of the scarce-label comparison: each of :data:`SCARCE_METHODS` at its defaults (its recipe, as
+    ``coophash train --method M --label-fraction F`` gives it), with ``base``'s budget, seed and output folder."""
+    given = {"label_fraction", "epochs", "seed", "out"}
+    out = []
+    for method in SCARCE_METHODS:
+        data = {**TrainConfig().to_dict(), "method": method, "label_fraction": fraction, "epochs": base.epochs,
+                "seed": base.seed, "out": base.out}
+        out.append(TrainConfig.from_dict(apply_method_defaults(data, given), "demo"))
+    return out
+
+
+def _train(cfg: TrainConfig, tag: str, echo: Callable[[str], None], progress: Optional[ProgressFn]):
+    ds, mf = prepare_data(cfg)
+    run_dir = runs.new_run_dir(cfg, tag=tag)
+    echo(f"training {cfg.method}/{cfg.loss}, {cfg.backbone}, {cfg.bits} bits, {cfg.epochs} epochs, "
+         f"{len(mf.labeled)} labeled of {len(mf.train)} training images -> {run_dir}")
+    t0 = time.perf_counter()
+    res = pipeline.train(cfg, run_dir, dataset=ds, manifest=mf, progress=progress).results
+    res["seconds"] = time.perf_counter() - t0
+    echo(f"trained in {res['seconds']:.0f} s; best validation mAP {res['best_val_map']:.4f} "
+         f"at epoch {res['best_epoch']}")
+    return ds, mf, run_dir, res
+
+
 def run_demo(
     epochs: Optional[int] = None,
     out: str = "runs",
     quick: bool = False,
     echo: Callable[[str], None] = print,
     progress: Optional[ProgressFn] = None,
+    scarce: bool = True,
 ) -> dict:
-    """Run the main job and return its figures (the CLI passes its echo and its progress bars)."""
+    """Run the main job and return its figures (the CLI passes its echo and its progress bars).
+
+    The LSH floor; the default method with all labels, its codes indexed and a sample query; then (``scarce``) the
+    default supervised method beside CoopHash, each at its defaults, with 2% of the labels."""
     cfg = TrainConfig(out=out)
     if quick:
         cfg = cfg.replace(epochs=1)
@@ -59,12 +94,7 @@ def run_demo(
     lsh = lsh_baseline(ds, mf, cfg.bits, cfg.seed)
     echo(f"[LSH random projection, {cfg.bits} bits]  {_fmt(lsh)}  (chance mAP ~ {lsh['chance_map']:.3f})")
 
-    run_dir = runs.new_run_dir(cfg, tag=f"demo-{cfg.method}-{cfg.loss}-{cfg.bits}b")
-    echo(f"training {cfg.method}/{cfg.loss}, {cfg.backbone}, {cfg.bits} bits, {cfg.epochs} epochs -> {run_dir}")
-    t0 = time.perf_counter()
-    res = pipeline.train(cfg, run_dir, dataset=ds, manifest=mf, progress=progress).results
-    echo(f"trained in {time.perf_counter() - t0:.0f} s; best validation mAP {res['best_val_map']:.4f} "
-         f"at epoch {res['best_epoch']}")
+    ds, mf, run_dir, res = _train(cfg, f"demo-{cfg.method}-{cfg.loss}-{cfg.bits}b", echo, progress)
     echo(f"[{cfg.method}/{cfg.loss}, {cfg.bits} bits, query split]  {_fmt(res)}")
 
     _, method = load_run(run_dir)
@@ -83,4 +113,19 @@ def run_demo(
     echo(f"sample query #{q_id} (class {q_label}): top-10 classes {hits}, distances {D[0].tolist()}")
     lims, _, _ = index.range_search(q_code, 2)
     echo(f"codes within Hamming radius 2 of the query: {int(lims[1] - lims[0])}")
-    return {"lsh": lsh, "trained": res, "run_dir": str(run_dir)}
+    figures = {"lsh": lsh, "trained": res, "run_dir": str(run_dir)}
+    if not scarce:
+        return figures
+
+    echo(f"scarce labels: {SCARCE_FRACTION:.0%} of the training labels; the other training images unlabeled "
+         f"(CoopHash uses them, the supervised method cannot)")
+    figures["scarce"] = {}
+    for c in scarce_configs(cfg):
+        _, _, sdir, sres = _train(c, f"demo-scarce-{c.method}-{c.loss}-{c.bits}b-lf{c.label_fraction:g}", echo,
+                                  progress)
+        sres["run_dir"] = str(sdir)
+        figures["scarce"][c.method] = sres
+    for c in scarce_configs(cfg):
+        echo(f"[{c.method}/{c.loss}, {c.bits} bits, {c.label_fraction:g} labels, query split]  "
+             f"{_fmt(figures['scarce'][c.method])}")
+    return figures

@@ -29,13 +29,16 @@ def list_cmd() -> None:
               help="Training epochs (default: the demo's budget).")
 @click.option("--out", default="runs", help="Folder of run folders.")
 @click.option("--quick", is_flag=True, help="A tiny budget (seconds), for smoke tests.")
-def demo(epochs: Optional[int], out: str, quick: bool) -> None:
-    """The main job: LSH floor, train the default method on bundled MNIST, evaluate, index, sample query."""
+@click.option("--scarce/--no-scarce", default=True, show_default=True,
+              help="Then DPSH beside CoopHash with 2% of the labels (each at its defaults).")
+def demo(epochs: Optional[int], out: str, quick: bool, scarce: bool) -> None:
+    """The main job: LSH floor, train the default method on bundled MNIST, evaluate, index, sample query; then
+    the default supervised method beside CoopHash with 2% of the labels."""
     from coophash.config import TrainConfig
     from coophash.demo import run_demo
 
     progress = training_progress(TrainConfig(), quiet=False)
     try:
-        run_demo(epochs=epochs, out=out, quick=quick, echo=click.echo, progress=progress)
+        run_demo(epochs=epochs, out=out, quick=quick, echo=click.echo, progress=progress, scarce=scarce)
     finally:
         progress.close()
