@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from coophash.bench import config_key
+from coophash.bench import EXECUTION_FIELDS, config_key
 from coophash.config import TrainConfig
 from coophash.suite import load_suite, plan_suite
 
@@ -77,34 +77,50 @@ def test_paper_suite_plans_the_pinned_keys():
     assert hashlib.sha1("\n".join(keys).encode()).hexdigest() == "eb1b583b2e73f50e7b023e24c21fe8c6e9b50373"
 
 
-#: The entries of the paper suite that issue 11 changed after docs/paper was made on a GPU: ``semi-dpsh`` is new,
+#: The entries of the paper suite that issue 11 changed after docs/paper-h100 was made on a GPU: ``semi-dpsh`` is new,
 #: ``coophash`` and ``fakereg-dpsh`` are now the methods' defaults (the recipe of docs/coophash.md; fakes in their
-#: own batch-norm pass). docs/paper still reports their former configurations until the suite is rerun.
+#: own batch-norm pass). docs/paper-h100 reports their former configurations; docs/paper (CPU) the current ones.
 PAPER_CHANGED = {"semi-dpsh", "coophash", "fakereg-dpsh"}
 
 
-def test_frozen_paper_suite_plans_exactly_the_runs_of_the_committed_report():
-    """docs/paper was made by ``coophash bench paper --device cuda`` from docs/paper/suite.yaml: its plan, the
-    ``top`` grid ranked on those results, has the same runs under the same keys, each read by the same experiments."""
-    res = json.loads((ROOT / "docs" / "paper" / "results.json").read_text())
+@pytest.mark.parametrize("report, device, out", [("paper-h100", "cuda", "/tmp/paper"),
+                                                 ("paper", "cpu", "bench/paper-cpu")])
+def test_frozen_paper_suite_plans_exactly_the_runs_of_the_committed_report(report, device, out):
+    """docs/paper-h100 was made by ``coophash bench paper --device cuda`` from its suite.yaml, docs/paper by
+    ``--device cpu`` from its own (the shipped suite): each plan, the ``top`` grid ranked on those results, has the
+    same runs under the same keys, each read by the same experiments."""
+    res = json.loads((ROOT / "docs" / report / "results.json").read_text())
     by_key = {r["key"]: r for r in res["runs"]}
-    # (its runs were trained with --out /tmp/paper: TrainConfig.out is in the stored config, not in the key)
-    plan = plan_suite(load_suite(ROOT / "docs" / "paper" / "suite.yaml"), device="cuda", out="/tmp/paper",
+    # (TrainConfig.out, where the runs were trained, and the thread count are in the stored config, not in the key:
+    # docs/paper reused runs of benchmarks/scarce.yaml trained with out=bench/scarce, threads=1)
+    plan = plan_suite(load_suite(ROOT / "docs" / report / "suite.yaml"), device=device, out=out,
                       lookup=lambda run: by_key.get(run.key))
     assert plan.pending == []
     assert [r.key for r in plan.runs] == [r["key"] for r in res["runs"]]
+
+    def computed(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
+
     for run in plan.runs:
         rec = by_key[run.key]
         assert run.method == rec["method"] and sorted(run.experiments) == rec["experiments"]
-        assert run.cfg.to_dict() == rec["config"]
+        assert computed(run.cfg.to_dict()) == computed(rec["config"])
+    if report == "paper-h100":  # every run trained by that command
+        assert all(by_key[run.key]["config"]["out"] == out for run in plan.runs)
 
 
-def test_paper_suite_plans_the_runs_of_the_committed_report():
-    """docs/paper was made by ``coophash bench paper --device cuda``: the plan, its ``top`` grid ranked on those
+def test_shipped_paper_suite_is_the_one_of_the_cpu_report():
+    """docs/paper was made from the shipped suite: the frozen copy beside the report is the same file."""
+    assert (ROOT / "docs" / "paper" / "suite.yaml").read_text() == (
+        ROOT / "src" / "coophash" / "suites" / "paper.yaml").read_text()
+
+
+def test_paper_suite_plans_the_runs_of_the_h100_report():
+    """docs/paper-h100 was made by ``coophash bench paper --device cuda``: the plan, its ``top`` grid ranked on those
     results, has every baseline run of it under the same key, each read by the same experiments; the runs it
     lacks are exactly those of the changed entries (3 seeds x 6 configs each), and the report's runs the plan no
     longer has are the former configurations of those entries."""
-    res = json.loads((ROOT / "docs" / "paper" / "results.json").read_text())
+    res = json.loads((ROOT / "docs" / "paper-h100" / "results.json").read_text())
     by_key = {r["key"]: r for r in res["runs"]}
     # (its runs were trained with --out /tmp/paper: TrainConfig.out is in the stored config, not in the key)
     plan = plan_suite(load_suite("paper"), device="cuda", out="/tmp/paper", lookup=lambda run: by_key.get(run.key))
