@@ -161,15 +161,17 @@ def plot_curves(runs: Runs, entries: dict[str, dict], path: str) -> None:
 
     fractions = [lf for lf in (0.02, 0.1, 1.0) if any(k[0] == lf for recs in runs.values() for k in recs)]
     fig, axes = plt.subplots(1, max(1, len(fractions)), figsize=(6 * max(1, len(fractions)), 4.2), squeeze=False)
+    arms = [n for n in entries if not n.startswith("fr-")]  # the two arms per backbone (variants: one seed)
+    colour = dict(zip(arms, plt.cm.tab10.colors))  # one colour per entry in every panel
     for ax, lf in zip(axes[0], fractions):
-        ax.set_prop_cycle(color=plt.cm.tab10.colors)
-        for name in [n for n in entries if not n.startswith("fr-")]:  # the two arms (variants: one seed)
+        for name in arms:
             curves = [r["curves"] for (f, _s), r in runs.get(name, {}).items() if f == lf and r.get("curves")]
             if not curves:
                 continue
             n = min(len(c["val_map"]) for c in curves)
             val = [statistics.mean(c["val_map"][e] for c in curves) for e in range(n)]
-            (line,) = ax.plot(range(1, n + 1), val, marker=".", label=f"{name} ({len(curves)} seeds)")
+            (line,) = ax.plot(range(1, n + 1), val, marker=".", color=colour[name],
+                              label=f"{name} ({len(curves)} seeds)")
             if all(c["train_map"][e] is not None for c in curves for e in range(n)):
                 train = [statistics.mean(c["train_map"][e] for c in curves) for e in range(n)]
                 ax.plot(range(1, n + 1), train, linestyle="--", color=line.get_color())
