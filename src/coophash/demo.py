@@ -55,8 +55,9 @@ def scarce_configs(base: TrainConfig, fraction: float = SCARCE_FRACTION) -> list
     return out
 
 
-def _train(cfg: TrainConfig, tag: str, echo: Callable[[str], None], progress: Optional[ProgressFn]):
-    ds, mf = prepare_data(cfg)
+def _train(cfg: TrainConfig, tag: str, echo: Callable[[str], None], progress: Optional[ProgressFn], data=None):
+    """Train ``cfg`` in a new run folder (on ``data``, a prepared (dataset, manifest), when given) and report it."""
+    ds, mf = data if data is not None else prepare_data(cfg)
     run_dir = runs.new_run_dir(cfg, tag=tag)
     echo(f"training {cfg.method}/{cfg.loss}, {cfg.backbone}, {cfg.bits} bits, {cfg.epochs} epochs, "
          f"{len(mf.labeled)} labeled of {len(mf.train)} training images -> {run_dir}")
@@ -94,7 +95,7 @@ def run_demo(
     lsh = lsh_baseline(ds, mf, cfg.bits, cfg.seed)
     echo(f"[LSH random projection, {cfg.bits} bits]  {_fmt(lsh)}  (chance mAP ~ {lsh['chance_map']:.3f})")
 
-    ds, mf, run_dir, res = _train(cfg, f"demo-{cfg.method}-{cfg.loss}-{cfg.bits}b", echo, progress)
+    ds, mf, run_dir, res = _train(cfg, f"demo-{cfg.method}-{cfg.loss}-{cfg.bits}b", echo, progress, (ds, mf))
     echo(f"[{cfg.method}/{cfg.loss}, {cfg.bits} bits, query split]  {_fmt(res)}")
 
     _, method = load_run(run_dir)
@@ -120,12 +121,13 @@ def run_demo(
     echo(f"scarce labels: {SCARCE_FRACTION:.0%} of the training labels; the other training images unlabeled "
          f"(CoopHash uses them, the supervised method cannot)")
     figures["scarce"] = {}
-    for c in scarce_configs(cfg):
+    configs = scarce_configs(cfg)
+    for c in configs:
         _, _, sdir, sres = _train(c, f"demo-scarce-{c.method}-{c.loss}-{c.bits}b-lf{c.label_fraction:g}", echo,
                                   progress)
         sres["run_dir"] = str(sdir)
         figures["scarce"][c.method] = sres
-    for c in scarce_configs(cfg):
+    for c in configs:
         echo(f"[{c.method}/{c.loss}, {c.bits} bits, {c.label_fraction:g} labels, query split]  "
              f"{_fmt(figures['scarce'][c.method])}")
     return figures
