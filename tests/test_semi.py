@@ -148,11 +148,11 @@ def test_semi_without_pseudo_hash_gives_the_labeled_base_loss():
     m = _method(semi_threshold=0.0, semi_pseudo_hash=False, semi_weight=0.0, semi_cls_weight=0.0)
     ctx = _ctx()
     torch.manual_seed(2)
-    total = float(m.phases()[0].fn(ctx).total)
+    total = m.phases()[0].fn(ctx).total.item()
     m.net.eval()  # compare without batch-norm's batch statistics: recompute both ways in eval mode
     torch.manual_seed(2)
-    total_eval = float(m.phases()[0].fn(ctx).total)
-    ref = float(m.loss(m.net(ctx["x"]), ctx["y"], ctx["labeled"]).total)
+    total_eval = m.phases()[0].fn(ctx).total.item()
+    ref = m.loss(m.net(ctx["x"]), ctx["y"], ctx["labeled"]).total.item()
     assert total_eval == pytest.approx(ref, rel=1e-5)
     assert math.isfinite(total)
 
@@ -348,7 +348,7 @@ def test_coophash_batch_norm_trunk_keeps_generated_images_out_of_the_statistics(
     reference.train(True)
     reference(ctx["x_all"])
     out = m.phases()[1].fn(ctx)  # descriptor step: real rows on batch statistics, revised rows on running ones
-    assert math.isfinite(float(out.total))
+    assert math.isfinite(out.total.item())
     for mine, ref, old in zip(batch_norm_layers(m.desc), batch_norm_layers(reference), stats):
         assert torch.allclose(mine.running_mean, ref.running_mean) and not torch.equal(mine.running_mean, old)
     with pytest.raises(ValueError, match="batch norm"):
@@ -393,7 +393,7 @@ def test_coophash_separate_batch_norm_pass_for_generated_images():
     for mine, ref in zip(batch_norm_layers(m.desc), batch_norm_layers(reference)):
         assert torch.allclose(mine.running_mean, ref.running_mean) and mine.track_running_stats
     out = m.phases()[1].fn(ctx)
-    assert math.isfinite(float(out.total))
+    assert math.isfinite(out.total.item())
     with pytest.raises(ValueError, match="coop_gen_bn='separate' needs coop_trunk_norm=batch"):
         create_method(cfg.replace(backbone="smallconv-nobn", method_args={"coop_gen_bn": "separate"}),
                       DataInfo(4, 1, 8, 64), torch.device("cpu"))
