@@ -10,8 +10,9 @@ whose config it matches, and prints:
   the over-fitting figures of each arm: final training-sample mAP and the gap training-sample − validation mAP
   at the epoch that validation selected;
 * the variants at 2% labels (``fr-*-mixed``, fakereg's former default with fakes mixed into the real batch, and
-  one change from it each) beside their validation mAP (the selection criterion) and their paired differences
-  against the base loss, fakereg at its defaults and the mixed pass, on the same backbone and seeds;
+  one change from it each) and at 10% labels on resnet18 (one change from the defaults each) beside their
+  validation mAP (the selection criterion) and their paired differences against the base loss, fakereg at its
+  defaults and the mixed pass, on the same backbone and seeds;
 * the GAN stages' quality as the independent judge sees it (coverage, mean confidence, Fréchet distance with
   the distance between two halves of the real images as its scale, a conditional GAN's accuracy).
 
@@ -105,20 +106,24 @@ def main_table(runs: Runs, entries: dict[str, dict]) -> list[str]:
     return lines
 
 
-def variants_table(runs: Runs, entries: dict[str, dict]) -> list[str]:
-    """The variants at 2% labels: validation and query mAP, paired against the base loss, fakereg at its defaults
-    (the arm) and fakereg's former default with fakes mixed into the real batch (``fr-*-mixed``, of which every
-    other variant is one change), each on the same backbone and seeds."""
-    lines = ["| variant | backbone | change from the mixed pass | val mAP | query mAP@all | − dpsh (paired) | "
+def variants_table(runs: Runs, entries: dict[str, dict], lf: float = 0.02) -> list[str]:
+    """The variants at label fraction ``lf``: validation and query mAP, paired against the base loss, fakereg at
+    its defaults (the arm, fakes in their own batch-norm pass) and fakereg's former default with fakes mixed into
+    the real batch (``fr-*-mixed``), each on the same backbone and seeds. A variant is one change from the mixed
+    pass (``fr-<backbone>-<change>``, 2% labels) or from the defaults (``fr-<backbone>-own-<change>``)."""
+    lines = ["| variant | backbone | change | val mAP | query mAP@all | − dpsh (paired) | "
              "− fakereg, own pass (paired) | − fakereg, mixed pass (paired) |", "|---|---|---|---|---|---|---|---|"]
-    lf = 0.02
     for name, e in entries.items():
-        if not name.startswith("fr-") or name not in runs:
+        if not name.startswith("fr-") or not _vals(runs, name, lf):
             continue
         same = [n for n, x in entries.items() if x["backbone"] == e["backbone"]]
         base = next(n for n in same if entries[n]["method"] == "supervised")
         mixed = next((n for n in same if n.startswith("fr-") and not entries[n]["method_args"]), None)
-        change = ", ".join(f"{k}={v}" for k, v in e["method_args"].items()) or "– (fakes mixed: the former default)"
+        args = dict(e["method_args"])
+        own = args.pop("fake_bn", None) == "separate"
+        change = ", ".join(f"{k}={v}" for k, v in args.items())
+        change = (f"{change or '–'} (from the defaults: own pass)" if own
+                  else f"{change} (from the mixed pass)" if change else "– (fakes mixed: the former default)")
         vs_mixed = "–" if mixed in (None, name) else _fmt(paired(runs, name, mixed, lf), sign=True)
         lines.append(f"| {name} | {e['backbone']} | {change} | {_fmt(_vals(runs, name, lf, 'best_val_map'))} | "
                      f"{_fmt(_vals(runs, name, lf))} | {_fmt(paired(runs, name, base, lf), sign=True)} | "
@@ -199,7 +204,8 @@ def main() -> None:
         plot_curves(runs, entries, plot)
     print("\n".join(["### Without → with fake-image regularisation (32 bits, query mAP@all)", "",
                      *main_table(runs, entries), "", "### Variants at 2% labels", "",
-                     *variants_table(runs, entries), "", "### GAN stages as the judge sees them", "",
+                     *variants_table(runs, entries, 0.02), "", "### Variants at 10% labels (resnet18)", "",
+                     *variants_table(runs, entries, 0.1), "", "### GAN stages as the judge sees them", "",
                      *gan_table(out), "", "### Every run", "", *runs_table(runs)]))
 
 

@@ -191,7 +191,11 @@ def test_overfit_suite_plans_both_arms_both_backbones_and_one_change_variants():
     for name in arms:
         assert sorted({r.cfg.label_fraction for r in plan.runs if r.method == name}) == [0.02, 0.1, 1.0]
     variants = [r for r in plan.runs if r.method not in arms]
-    assert {r.cfg.label_fraction for r in variants} == {0.02} and len(variants) == 3 * 14
+    assert {r.cfg.label_fraction for r in variants} == {0.02, 0.1} and len(variants) == 3 * (14 + 5)
+    # at 10% labels only resnet18 (the regime where the defaults beat the base loss): the mixed pass and four
+    # variants, each one change from the defaults (fakes in their own batch-norm pass)
+    at10 = [r for r in variants if r.cfg.label_fraction == 0.1]
+    assert {r.cfg.backbone for r in at10} == {"resnet18"} and len({r.method for r in at10}) == 5
     # the fakereg arms run the method's defaults (its recipe); the variants are fakereg's former default (fakes
     # mixed into the real batch: FakeRegArgs' field defaults, no method_args) and one change from it each
     recipe = FakeRegHashing.config_defaults["method_args"]
@@ -199,15 +203,19 @@ def test_overfit_suite_plans_both_arms_both_backbones_and_one_change_variants():
         if r.method.startswith("fakereg-"):
             assert r.cfg.method_args == recipe
     default = FakeRegArgs()
+    own = parse_method_args(FakeRegHashing, recipe)
     assert {r.method for r in variants if not r.cfg.method_args} == {"fr-resnet18-mixed", "fr-wideconv-mixed"}
     for r in variants:
         assert r.cfg.method == "fakereg" and r.cfg.loss == "dpsh"
         args = parse_method_args(FakeRegHashing, r.cfg.method_args)
-        changed = [k for k in vars(default) if getattr(args, k) != getattr(default, k)]
+        ref = own if r.method.startswith("fr-resnet18-own-") else default
+        changed = [k for k in vars(ref) if getattr(args, k) != getattr(ref, k)]
         assert len(changed) == (0 if r.method.endswith("-mixed") else 1), (r.method, changed)
-    changed_args = {k for r in variants for k in r.cfg.method_args}
+    assert {r.method for r in at10 if r.method.startswith("fr-resnet18-own-")} == {
+        r.method for r in at10} - {"fr-resnet18-mixed"}
+    changed_args = {k for r in variants for k in r.cfg.method_args} - set(recipe)
     assert changed_args == {"fake_entropy", "fake_weight", "gan_conditional", "gan_epochs"}
-    assert len(plan.runs) == 3 * (4 * 3 + 14) and {r.key for r in plan.runs_for("overfitting")} == {
+    assert len(plan.runs) == 3 * (4 * 3 + 14 + 5) and {r.key for r in plan.runs_for("overfitting")} == {
         r.key for r in plan.runs}
     # the suite's configs build: the wide net and resnet18 on mnist5k's 28 px one-channel images
     wide = next(r.cfg for r in plan.runs if r.cfg.backbone == "wideconv")
