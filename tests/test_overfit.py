@@ -191,11 +191,16 @@ def test_overfit_suite_plans_both_arms_both_backbones_and_one_change_variants():
     for name in arms:
         assert sorted({r.cfg.label_fraction for r in plan.runs if r.method == name}) == [0.02, 0.1, 1.0]
     variants = [r for r in plan.runs if r.method not in arms]
-    assert {r.cfg.label_fraction for r in variants} == {0.02, 0.1} and len(variants) == 3 * (14 + 5)
-    # at 10% labels only resnet18 (the regime where the defaults beat the base loss): the mixed pass and four
-    # variants, each one change from the defaults (fakes in their own batch-norm pass)
+    assert {r.cfg.label_fraction for r in variants} == {0.02, 0.1} and len(variants) == 3 * (14 + 6)
+    # at 10% labels only resnet18 (the regime where the defaults beat the base loss): the mixed pass, four
+    # variants, each one change from the defaults (fakes in their own batch-norm pass), and the control of the
+    # class-posterior variant: its category head and cross-entropy without the fakes
     at10 = [r for r in variants if r.cfg.label_fraction == 0.1]
-    assert {r.cfg.backbone for r in at10} == {"resnet18"} and len({r.method for r in at10}) == 5
+    assert {r.cfg.backbone for r in at10} == {"resnet18"} and len({r.method for r in at10}) == 6
+    control = {r.method: r.cfg.method_args for r in at10}["fr-resnet18-own-classhead"]
+    assert control == {**FakeRegHashing.config_defaults["method_args"], "fake_entropy": "classes", "fake_weight": 0.0}
+    at10 = [r for r in at10 if r.method != "fr-resnet18-own-classhead"]
+    variants = [r for r in variants if r.method != "fr-resnet18-own-classhead"]
     # the fakereg arms run the method's defaults (its recipe); the variants are fakereg's former default (fakes
     # mixed into the real batch: FakeRegArgs' field defaults, no method_args) and one change from it each
     recipe = FakeRegHashing.config_defaults["method_args"]
@@ -215,7 +220,7 @@ def test_overfit_suite_plans_both_arms_both_backbones_and_one_change_variants():
         r.method for r in at10} - {"fr-resnet18-mixed"}
     changed_args = {k for r in variants for k in r.cfg.method_args} - set(recipe)
     assert changed_args == {"fake_entropy", "fake_weight", "gan_conditional", "gan_epochs"}
-    assert len(plan.runs) == 3 * (4 * 3 + 14 + 5) and {r.key for r in plan.runs_for("overfitting")} == {
+    assert len(plan.runs) == 3 * (4 * 3 + 14 + 6) and {r.key for r in plan.runs_for("overfitting")} == {
         r.key for r in plan.runs}
     # the suite's configs build: the wide net and resnet18 on mnist5k's 28 px one-channel images
     wide = next(r.cfg for r in plan.runs if r.cfg.backbone == "wideconv")
