@@ -142,15 +142,19 @@ def runs_table(runs: Runs) -> list[str]:
 
 
 def gan_table(out: Path) -> list[str]:
-    lines = ["| GAN folder | conditional | epochs | coverage | mean confidence | Fréchet (real halves) | "
-             "judge accuracy on the requested class | histogram |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| GAN folder | conditional | trained on (label fraction) | epochs | coverage | mean confidence | "
+             "Fréchet (real halves) | judge accuracy on the requested class | histogram |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for q in sorted((out / "gans").glob("*/quality.json")):
         fig = json.loads(q.read_text())
         cfg_text = (q.parent / "config.yaml").read_text() if (q.parent / "config.yaml").exists() else ""
         conditional = "gan_conditional: true" in cfg_text
-        epochs = next((ln.split(":", 1)[1].strip() for ln in cfg_text.splitlines() if ln.startswith("epochs:")), "?")
+        field = {ln.split(":", 1)[0]: ln.split(":", 1)[1].strip() for ln in cfg_text.splitlines() if ":" in ln}
+        epochs = field.get("epochs", "?")
+        lf = field.get("label_fraction", "?")  # a conditional GAN sees the labeled images only; else all (1.0)
         acc = fig.get("judge_accuracy")
-        lines.append(f"| {q.parent.name} | {'yes' if conditional else 'no'} | {epochs} | "
+        lines.append(f"| {q.parent.name} | {'yes' if conditional else 'no'} | "
+                     f"{'labeled images' if conditional else 'all training images'} ({lf}) | {epochs} | "
                      f"{fig['coverage']}/{fig['n_classes']} | {fig['mean_confidence']:.3f} | "
                      f"{fig['frechet_distance']:.2f} ({fig['frechet_real_halves']:.2f}) | "
                      f"{'–' if acc is None else f'{acc:.3f}'} | {fig['histogram']} |")
