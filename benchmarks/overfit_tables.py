@@ -26,6 +26,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 from coophash.suite import load_suite, plan_suite
 
 Runs = dict[str, dict[tuple[float, int], dict]]
@@ -147,11 +149,11 @@ def gan_table(out: Path) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for q in sorted((out / "gans").glob("*/quality.json")):
         fig = json.loads(q.read_text())
-        cfg_text = (q.parent / "config.yaml").read_text() if (q.parent / "config.yaml").exists() else ""
-        conditional = "gan_conditional: true" in cfg_text
-        field = {ln.split(":", 1)[0]: ln.split(":", 1)[1].strip() for ln in cfg_text.splitlines() if ":" in ln}
-        epochs = field.get("epochs", "?")
-        lf = field.get("label_fraction", "?")  # a conditional GAN sees the labeled images only; else all (1.0)
+        cfg_path = q.parent / "config.yaml"
+        cfg = (yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.exists() else {}
+        conditional = bool((cfg.get("method_args") or {}).get("gan_conditional"))
+        epochs = cfg.get("epochs", "?")
+        lf = cfg.get("label_fraction", "?")  # a conditional GAN sees the labeled images only; else all (1.0)
         acc = fig.get("judge_accuracy")
         lines.append(f"| {q.parent.name} | {'yes' if conditional else 'no'} | "
                      f"{'labeled images' if conditional else 'all training images'} ({lf}) | {epochs} | "
